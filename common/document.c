@@ -821,9 +821,9 @@ static int write_cb(void *ctx, unsigned char *bytes, size_t size)
  */
 static bool needs_quotes(const char *s, size_t n)
 {
-    static const char *const yaml11[] = {"y",  "Y",   "yes", "Yes", "YES", "n",
-                                         "N",  "no",  "No",  "NO",  "on",  "On",
-                                         "ON", "off", "Off", "OFF", NULL};
+    static const char *const yaml11[] = {"yes", "Yes", "YES", "no", "No",
+                                         "NO",  "on",  "On",  "ON", "off",
+                                         "Off", "OFF", NULL};
     long long iv;
     double dv;
 
