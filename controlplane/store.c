@@ -1,0 +1,851 @@
+/*
+ * store.c — resources, history and audit in etcd (store.h).  Reads are one
+ * etcd range or read-only txn; writes are one txn guarded by compares on
+ * meta/seq and on every touched key, retried when only meta/seq moved.
+ */
+#include "controlplane/store.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KEY_MAX 1024
+#define APPLY_RETRIES 16
+#define LIST_PAGE 500
+
+struct cp_store {
+    etcd_client *etcd;
+    char prefix[256];
+};
+
+int cp_store_new(etcd_client *etcd, const char *prefix, cp_store **out,
+                 polis_error *err)
+{
+    cp_store *s;
+    size_t len = strlen(prefix);
+
+    if (len == 0 || len > 200 || prefix[0] != '/')
+        return polis_error_set(err, POLIS_EINVAL, "etcd-prefix",
+                               "\"%s\" must start with '/' and be at most "
+                               "200 bytes",
+                               prefix);
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    s->etcd = etcd;
+    /* Always end with '/', so "/polis" and "/polis/" mean the same. */
+    snprintf(s->prefix, sizeof(s->prefix), "%s%s", prefix,
+             prefix[len - 1] == '/' ? "" : "/");
+    *out = s;
+    return 0;
+}
+
+void cp_store_free(cp_store *s)
+{
+    free(s);
+}
+
+const char *cp_store_prefix(const cp_store *s)
+{
+    return s->prefix;
+}
+
+void cp_resource_clear(cp_resource *r)
+{
+    if (r == NULL)
+        return;
+    free(r->doc_json);
+    memset(r, 0, sizeof(*r));
+}
+
+void cp_resources_free(cp_resource *list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        cp_resource_clear(&list[i]);
+    free(list);
+}
+
+/* ---- keys ---- */
+
+static void lower_into(char *dst, size_t len, const char *src)
+{
+    size_t i = 0;
+    for (; src[i] && i + 1 < len; i++)
+        dst[i] = (char)tolower((unsigned char)src[i]);
+    dst[i] = '\0';
+}
+
+static void resource_key(const cp_store *s, char *buf, const char *kind,
+                         const char *scope, const char *name)
+{
+    char k[CP_KIND_MAX];
+    lower_into(k, sizeof(k), kind);
+    snprintf(buf, KEY_MAX, "%sresources/%s/%s/%s", s->prefix, k, scope, name);
+}
+
+static void history_prefix(const cp_store *s, char *buf, const char *kind,
+                           const char *scope, const char *name)
+{
+    char k[CP_KIND_MAX];
+    lower_into(k, sizeof(k), kind);
+    snprintf(buf, KEY_MAX, "%shistory/%s/%s/%s/", s->prefix, k, scope, name);
+}
+
+static void history_key(const cp_store *s, char *buf, const char *kind,
+                        const char *scope, const char *name, int64_t seq)
+{
+    char p[KEY_MAX];
+    history_prefix(s, p, kind, scope, name);
+    snprintf(buf, KEY_MAX, "%s%020" PRId64, p, seq);
+}
+
+static void now_rfc3339(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+/* ---- stored values ---- */
+
+/*
+ * A stored value: {"document":{...},"generation":N,"author":"...",
+ * "updatedAt":"...","seq":N[,"deleted":true]}.  Fills r from kv; the key
+ * gives kind/scope/name only for resources/ keys, so those come from the
+ * document.
+ */
+static int resource_from_kv(const etcd_kv *kv, cp_resource *r,
+                            polis_error *err)
+{
+    json_t *v, *doc;
+    json_error_t jerr;
+    const char *kind = NULL, *name = NULL, *author = NULL, *at = NULL,
+               *scope = NULL;
+
+    memset(r, 0, sizeof(*r));
+    v = json_loadb(kv->value, kv->value_len, 0, &jerr);
+    if (v == NULL || !json_is_object(v)) {
+        json_decref(v);
+        return polis_error_set(err, POLIS_EPROTO, kv->key,
+                               "stored value is not a Polis record: %s",
+                               jerr.text);
+    }
+    doc = json_object_get(v, "document");
+    if (json_unpack(v, "{s?s, s?s, s?s, s?I, s?I, s?b, s?s}", "author",
+                    &author, "updatedAt", &at, "scope", &scope, "generation",
+                    &r->generation, "seq", &r->seq, "deleted",
+                    &r->deleted, "kind", &kind) != 0 ||
+        !json_is_object(doc)) {
+        json_decref(v);
+        return polis_error_set(err, POLIS_EPROTO, kv->key,
+                               "stored value is not a Polis record");
+    }
+    json_unpack(doc, "{s?s, s?{s?s}}", "kind", &kind, "metadata", "name",
+                &name);
+    snprintf(r->kind, sizeof(r->kind), "%s", kind ? kind : "");
+    snprintf(r->name, sizeof(r->name), "%s", name ? name : "");
+    snprintf(r->scope, sizeof(r->scope), "%s", scope ? scope : "");
+    snprintf(r->author, sizeof(r->author), "%s", author ? author : "");
+    snprintf(r->updated_at, sizeof(r->updated_at), "%s", at ? at : "");
+    r->revision = kv->mod_revision;
+    r->doc_json = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(v);
+    if (r->doc_json == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    return 0;
+}
+
+static char *record_json(const char *doc_json, const char *scope,
+                         int64_t generation, int64_t seq, const char *author,
+                         const char *at, bool deleted, polis_error *err)
+{
+    json_error_t jerr;
+    json_t *doc = json_loads(doc_json, 0, &jerr), *rec;
+    char *out;
+
+    if (doc == NULL) {
+        polis_error_set(err, POLIS_EINVAL, "document", "%s", jerr.text);
+        return NULL;
+    }
+    rec = json_pack("{s:o, s:s, s:I, s:I, s:s, s:s}", "document", doc,
+                    "scope", scope, "generation", (json_int_t)generation,
+                    "seq", (json_int_t)seq, "author", author, "updatedAt",
+                    at);
+    if (rec && deleted)
+        json_object_set_new(rec, "deleted", json_true());
+    out = rec ? json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(rec);
+    if (out == NULL)
+        polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    return out;
+}
+
+/* The document part of a stored record, canonical, for change detection. */
+static char *record_document(const etcd_kv *kv)
+{
+    json_t *v = json_loadb(kv->value, kv->value_len, 0, NULL);
+    char *out = NULL;
+
+    if (v && json_is_object(json_object_get(v, "document")))
+        out = json_dumps(json_object_get(v, "document"),
+                         JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(v);
+    return out;
+}
+
+static int64_t record_generation(const etcd_kv *kv)
+{
+    json_t *v = json_loadb(kv->value, kv->value_len, 0, NULL);
+    int64_t g = json_integer_value(json_object_get(v, "generation"));
+    json_decref(v);
+    return g;
+}
+
+/* ---- the write path ---- */
+
+typedef struct write_plan {
+    etcd_op *ops;
+    etcd_compare *cmps;
+    char **bufs; /* keys and values the ops point into */
+    size_t n_ops, n_cmps, n_bufs;
+} write_plan;
+
+static void plan_free(write_plan *p)
+{
+    for (size_t i = 0; i < p->n_bufs; i++)
+        free(p->bufs[i]);
+    free(p->bufs);
+    free(p->ops);
+    free(p->cmps);
+    memset(p, 0, sizeof(*p));
+}
+
+static char *plan_keep(write_plan *p, char *s)
+{
+    if (s)
+        p->bufs[p->n_bufs++] = s;
+    return s;
+}
+
+static char *plan_key(write_plan *p, const char *key)
+{
+    return plan_keep(p, strdup(key));
+}
+
+/* Read meta/seq and the given keys in one consistent read. */
+static int read_state(cp_store *s, char **keys, size_t n, etcd_txn_result *tr,
+                      int64_t *seq, int64_t *seq_mod, polis_error *err)
+{
+    etcd_op *ops = calloc(n + 1, sizeof(*ops));
+    char seq_key[KEY_MAX];
+    int rc;
+
+    if (ops == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    snprintf(seq_key, sizeof(seq_key), "%smeta/seq", s->prefix);
+    ops[0].type = ETCD_OP_RANGE;
+    ops[0].key = seq_key;
+    for (size_t i = 0; i < n; i++) {
+        ops[i + 1].type = ETCD_OP_RANGE;
+        ops[i + 1].key = keys[i];
+    }
+    rc = etcd_txn(s->etcd, NULL, 0, ops, n + 1, NULL, 0, tr, err);
+    free(ops);
+    if (rc)
+        return rc;
+    *seq = 0;
+    *seq_mod = 0;
+    if (tr->n_responses > 0 && tr->responses[0].n > 0) {
+        const etcd_kv *kv = &tr->responses[0].kvs[0];
+        *seq = strtoll(kv->value, NULL, 10);
+        *seq_mod = kv->mod_revision;
+    }
+    return 0;
+}
+
+static const etcd_kv *state_kv(const etcd_txn_result *tr, size_t i)
+{
+    if (i + 1 >= tr->n_responses || tr->responses[i + 1].n == 0)
+        return NULL;
+    return &tr->responses[i + 1].kvs[0];
+}
+
+static char *audit_json(const char *action, const char *author,
+                        const char *at, json_t *changes)
+{
+    json_t *a = json_pack("{s:s, s:s, s:s, s:O}", "action", action, "author",
+                          author, "time", at, "changes", changes);
+    char *out = a ? json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(a);
+    return out;
+}
+
+/* Common tail of every write: the seq compare, audit entry and seq bump. */
+static int plan_seq(cp_store *s, write_plan *p, int64_t seq, int64_t seq_mod,
+                    const char *audit)
+{
+    char key[KEY_MAX], val[32];
+
+    snprintf(key, sizeof(key), "%smeta/seq", s->prefix);
+    p->cmps[p->n_cmps++] = (etcd_compare){.key = plan_key(p, key),
+                                          .target = ETCD_CMP_MOD,
+                                          .op = ETCD_CMP_EQUAL,
+                                          .number = seq_mod};
+    snprintf(val, sizeof(val), "%" PRId64, seq + 1);
+    p->ops[p->n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
+                                   .key = plan_key(p, key),
+                                   .value = plan_key(p, val),
+                                   .value_len = strlen(val)};
+    snprintf(key, sizeof(key), "%saudit/%020" PRId64, s->prefix, seq + 1);
+    p->ops[p->n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
+                                   .key = plan_key(p, key),
+                                   .value = audit,
+                                   .value_len = strlen(audit)};
+    return p->bufs[p->n_bufs - 1] && p->bufs[p->n_bufs - 2] ? 0 : -1;
+}
+
+static int plan_alloc(write_plan *p, size_t n_docs)
+{
+    p->ops = calloc(2 * n_docs + 2, sizeof(*p->ops));
+    p->cmps = calloc(n_docs + 1, sizeof(*p->cmps));
+    p->bufs = calloc(4 * n_docs + 8, sizeof(*p->bufs));
+    return p->ops && p->cmps && p->bufs ? 0 : -1;
+}
+
+/* After a failed write txn: did a document move past expected_revision? */
+static int check_expected(const etcd_txn_result *tr, char **keys, size_t n,
+                          int64_t expected, polis_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const etcd_kv *kv = state_kv(tr, i);
+        if (kv && kv->mod_revision > expected)
+            return polis_error_set(
+                err, POLIS_ECONFLICT, keys[i],
+                "changed at revision %" PRId64 ", after the expected "
+                "revision %" PRId64 "; read it again and retry",
+                kv->mod_revision, expected);
+    }
+    return 0;
+}
+
+static void backoff(int attempt)
+{
+    usleep((useconds_t)(1000 * (1 + attempt * 2) + rand() % 1000));
+}
+
+int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
+                   int64_t expected_revision, bool dry_run,
+                   const char *author, cp_apply_result *results,
+                   int64_t *revision_out, polis_error *err)
+{
+    char **keys = calloc(n ? n : 1, sizeof(*keys));
+    char at[40], key[KEY_MAX];
+    int rc = 0;
+
+    *revision_out = 0;
+    if (keys == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    for (size_t i = 0; i < n; i++) {
+        resource_key(s, key, changes[i].kind, changes[i].scope,
+                     changes[i].name);
+        if ((keys[i] = strdup(key)) == NULL) {
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            goto out;
+        }
+    }
+    for (int attempt = 0;; attempt++) {
+        etcd_txn_result state = {0}, wr = {0};
+        write_plan plan = {0};
+        json_t *audit_changes = json_array();
+        int64_t seq, seq_mod;
+        size_t n_changed = 0;
+        char *audit = NULL;
+
+        rc = read_state(s, keys, n, &state, &seq, &seq_mod, err);
+        if (rc == 0 && expected_revision > 0)
+            rc = check_expected(&state, keys, n, expected_revision, err);
+        if (rc == 0 && plan_alloc(&plan, n) != 0)
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        now_rfc3339(at, sizeof(at));
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            const etcd_kv *kv = state_kv(&state, i);
+            char *current = kv ? record_document(kv) : NULL;
+            int64_t gen = kv ? record_generation(kv) : 0;
+            char hkey[KEY_MAX], *rec;
+
+            if (kv && current && strcmp(current, changes[i].doc_json) == 0) {
+                results[i].action = "unchanged";
+                results[i].generation = gen;
+                free(current);
+                continue;
+            }
+            free(current);
+            results[i].action = kv ? "updated" : "created";
+            results[i].generation = gen + 1;
+            n_changed++;
+            rec = plan_keep(&plan, record_json(changes[i].doc_json,
+                                               changes[i].scope, gen + 1,
+                                               seq + 1, author, at, false,
+                                               err));
+            if (rec == NULL) {
+                rc = err ? err->code : POLIS_ENOMEM;
+                break;
+            }
+            plan.cmps[plan.n_cmps++] =
+                (etcd_compare){.key = keys[i],
+                               .target = ETCD_CMP_MOD,
+                               .op = ETCD_CMP_EQUAL,
+                               .number = kv ? kv->mod_revision : 0};
+            plan.ops[plan.n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
+                                               .key = keys[i],
+                                               .value = rec,
+                                               .value_len = strlen(rec)};
+            history_key(s, hkey, changes[i].kind, changes[i].scope,
+                        changes[i].name, seq + 1);
+            plan.ops[plan.n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
+                                               .key = plan_key(&plan, hkey),
+                                               .value = rec,
+                                               .value_len = strlen(rec)};
+            json_array_append_new(
+                audit_changes,
+                json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind",
+                          changes[i].kind, "scope", changes[i].scope, "name",
+                          changes[i].name, "action", results[i].action,
+                          "generation", (json_int_t)(gen + 1)));
+        }
+        if (rc == 0 && n_changed > 0 && !dry_run) {
+            audit = plan_keep(&plan, audit_json("apply", author, at,
+                                                audit_changes));
+            if (audit == NULL || plan_seq(s, &plan, seq, seq_mod, audit))
+                rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        }
+        if (rc == 0 && n_changed > 0 && !dry_run) {
+            /* On failure, read the documents back to tell why. */
+            etcd_op *fail = calloc(n, sizeof(*fail));
+            for (size_t i = 0; fail && i < n; i++)
+                fail[i] = (etcd_op){.type = ETCD_OP_RANGE, .key = keys[i]};
+            rc = fail ? etcd_txn(s->etcd, plan.cmps, plan.n_cmps, plan.ops,
+                                 plan.n_ops, NULL, 0, &wr, err)
+                      : polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            free(fail);
+            if (rc == 0 && wr.succeeded)
+                *revision_out = wr.revision;
+        }
+        json_decref(audit_changes);
+        plan_free(&plan);
+        etcd_txn_result_free(&state);
+        if (rc || n_changed == 0 || dry_run || wr.succeeded) {
+            etcd_txn_result_free(&wr);
+            break;
+        }
+        etcd_txn_result_free(&wr);
+        /* Somebody else wrote in between: re-read and retry; a document
+         * moved past expected_revision is caught by check_expected. */
+        if (attempt + 1 >= APPLY_RETRIES) {
+            rc = polis_error_set(err, POLIS_ECONFLICT, NULL,
+                                 "gave up after %d attempts: the "
+                                 "resources kept changing concurrently",
+                                 APPLY_RETRIES);
+            break;
+        }
+        backoff(attempt);
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        free(keys[i]);
+    free(keys);
+    return rc;
+}
+
+/* ---- reads ---- */
+
+static int range_all(cp_store *s, const char *prefix, int64_t revision,
+                     etcd_kv **kvs_out, size_t *n_out, int64_t *rev_out,
+                     polis_error *err);
+
+int cp_store_get(cp_store *s, const char *kind, const char *scope,
+                 const char *name, cp_resource *out, polis_error *err)
+{
+    char key[KEY_MAX], k[CP_KIND_MAX];
+    etcd_range_result rr = {0};
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    lower_into(k, sizeof(k), kind);
+    if (scope && scope[0]) {
+        resource_key(s, key, kind, scope, name);
+        rc = etcd_range(s->etcd, key, NULL, &rr, err);
+        if (rc)
+            return rc;
+        if (rr.n == 0) {
+            etcd_range_result_free(&rr);
+            return polis_error_set(err, POLIS_ENOTFOUND, NULL,
+                                   "%s \"%s\" not found in scope \"%s\"",
+                                   kind, name, scope);
+        }
+        rc = resource_from_kv(&rr.kvs[0], out, err);
+        etcd_range_result_free(&rr);
+        return rc;
+    }
+    /* Any scope: list the kind's keys and pick the ones with this name. */
+    {
+        etcd_kv *kvs = NULL;
+        size_t n = 0, found = 0, at = 0;
+        int64_t rev;
+        char pfx[KEY_MAX], scopes[512] = "";
+
+        snprintf(pfx, sizeof(pfx), "%sresources/%s/", s->prefix, k);
+        rc = range_all(s, pfx, 0, &kvs, &n, &rev, err);
+        if (rc)
+            return rc;
+        for (size_t i = 0; i < n; i++) {
+            const char *slash = strrchr(kvs[i].key, '/');
+            if (slash && strcmp(slash + 1, name) == 0) {
+                const char *sc = kvs[i].key + strlen(pfx);
+                size_t used = strlen(scopes);
+                snprintf(scopes + used, sizeof(scopes) - used, "%s%.*s",
+                         found ? ", " : "", (int)(slash - sc), sc);
+                at = i;
+                found++;
+            }
+        }
+        if (found == 1)
+            rc = resource_from_kv(&kvs[at], out, err);
+        else if (found == 0)
+            rc = polis_error_set(err, POLIS_ENOTFOUND, NULL,
+                                 "%s \"%s\" not found", kind, name);
+        else
+            rc = polis_error_set(err, POLIS_EINVAL, NULL,
+                                 "%s \"%s\" exists in several scopes (%s); "
+                                 "name one",
+                                 kind, name, scopes);
+        for (size_t i = 0; i < n; i++) {
+            free(kvs[i].key);
+            free(kvs[i].value);
+        }
+        free(kvs);
+        return rc;
+    }
+}
+
+/* Every kv under a prefix, in pages, all read at one revision. */
+static int range_all(cp_store *s, const char *prefix, int64_t revision,
+                     etcd_kv **kvs_out, size_t *n_out, int64_t *rev_out,
+                     polis_error *err)
+{
+    char from[KEY_MAX + 1], end[KEY_MAX];
+    etcd_kv *all = NULL;
+    size_t n = 0;
+    int rc = 0;
+    size_t plen = strlen(prefix);
+
+    /* range_end of a prefix: the prefix with its last byte incremented. */
+    memcpy(end, prefix, plen + 1);
+    end[plen - 1]++;
+    snprintf(from, sizeof(from), "%s", prefix);
+    *rev_out = revision;
+    for (;;) {
+        etcd_range_result rr = {0};
+        etcd_range_opts o = {.range_end = end,
+                             .limit = LIST_PAGE,
+                             .revision = *rev_out};
+        etcd_kv *grown;
+
+        rc = etcd_range(s->etcd, from, &o, &rr, err);
+        if (rc)
+            break;
+        if (*rev_out == 0)
+            *rev_out = rr.revision;
+        grown = realloc(all, (n + rr.n + 1) * sizeof(*all));
+        if (grown == NULL) {
+            etcd_range_result_free(&rr);
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            break;
+        }
+        all = grown;
+        for (size_t i = 0; i < rr.n; i++) {
+            all[n++] = rr.kvs[i]; /* take ownership of key/value */
+            rr.kvs[i].key = NULL;
+            rr.kvs[i].value = NULL;
+        }
+        bool more = rr.more && rr.n > 0;
+        if (more) {
+            /* Next page starts just after the last key. */
+            snprintf(from, sizeof(from), "%s", all[n - 1].key);
+            size_t fl = strlen(from);
+            if (fl + 1 < sizeof(from)) {
+                from[fl] = '\x01';
+                from[fl + 1] = '\0';
+            }
+            /* "\x01" sorts right after the key itself among valid keys. */
+        }
+        etcd_range_result_free(&rr);
+        if (!more)
+            break;
+    }
+    if (rc) {
+        for (size_t i = 0; i < n; i++) {
+            free(all[i].key);
+            free(all[i].value);
+        }
+        free(all);
+        return rc;
+    }
+    *kvs_out = all;
+    *n_out = n;
+    return 0;
+}
+
+static void kvs_free(etcd_kv *kvs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(kvs[i].key);
+        free(kvs[i].value);
+    }
+    free(kvs);
+}
+
+static int resources_from_kvs(etcd_kv *kvs, size_t n, bool newest_first,
+                              size_t limit, cp_resource **out, size_t *n_out,
+                              polis_error *err)
+{
+    size_t take = limit && limit < n ? limit : n;
+    cp_resource *list = calloc(take ? take : 1, sizeof(*list));
+    int rc = 0;
+
+    if (list == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    for (size_t i = 0; i < take; i++) {
+        size_t src = newest_first ? n - 1 - i : i;
+        rc = resource_from_kv(&kvs[src], &list[i], err);
+        if (rc) {
+            cp_resources_free(list, i);
+            return rc;
+        }
+    }
+    *out = list;
+    *n_out = take;
+    return 0;
+}
+
+int cp_store_list(cp_store *s, const char *kind, const char *scope,
+                  cp_resource **out, size_t *n_out, int64_t *revision_out,
+                  polis_error *err)
+{
+    char pfx[KEY_MAX], k[CP_KIND_MAX] = "";
+    etcd_kv *kvs = NULL;
+    size_t n = 0;
+    int rc;
+
+    *out = NULL;
+    *n_out = 0;
+    if (kind && kind[0]) {
+        lower_into(k, sizeof(k), kind);
+        if (scope && scope[0])
+            snprintf(pfx, sizeof(pfx), "%sresources/%s/%s/", s->prefix, k,
+                     scope);
+        else
+            snprintf(pfx, sizeof(pfx), "%sresources/%s/", s->prefix, k);
+    } else {
+        snprintf(pfx, sizeof(pfx), "%sresources/", s->prefix);
+    }
+    rc = range_all(s, pfx, 0, &kvs, &n, revision_out, err);
+    if (rc)
+        return rc;
+    /* Without a kind, a scope still filters: resources/<kind>/<scope>/. */
+    if (!(kind && kind[0]) && scope && scope[0]) {
+        size_t w = 0;
+        for (size_t i = 0; i < n; i++) {
+            const char *p = strchr(kvs[i].key + strlen(pfx), '/');
+            size_t sl = strlen(scope);
+            if (p && strncmp(p + 1, scope, sl) == 0 && p[1 + sl] == '/')
+                kvs[w++] = kvs[i];
+            else {
+                free(kvs[i].key);
+                free(kvs[i].value);
+            }
+        }
+        n = w;
+    }
+    rc = resources_from_kvs(kvs, n, false, 0, out, n_out, err);
+    kvs_free(kvs, n);
+    return rc;
+}
+
+int cp_store_history(cp_store *s, const char *kind, const char *scope,
+                     const char *name, size_t limit, cp_resource **out,
+                     size_t *n_out, polis_error *err)
+{
+    char pfx[KEY_MAX];
+    etcd_kv *kvs = NULL;
+    size_t n = 0;
+    int64_t rev;
+    cp_resource cur = {0};
+    int rc;
+
+    *out = NULL;
+    *n_out = 0;
+    if (scope == NULL || scope[0] == '\0') {
+        /* Resolve the scope through the live resource. */
+        rc = cp_store_get(s, kind, NULL, name, &cur, err);
+        if (rc)
+            return rc;
+        scope = cur.scope;
+    }
+    history_prefix(s, pfx, kind, scope, name);
+    rc = range_all(s, pfx, 0, &kvs, &n, &rev, err);
+    if (rc == 0 && n == 0)
+        rc = polis_error_set(err, POLIS_ENOTFOUND, NULL,
+                             "%s \"%s\" has no history in scope \"%s\"",
+                             kind, name, scope);
+    if (rc == 0)
+        rc = resources_from_kvs(kvs, n, true, limit, out, n_out, err);
+    kvs_free(kvs, n);
+    cp_resource_clear(&cur);
+    return rc;
+}
+
+int cp_store_exists(cp_store *s, const char *kind, const char *scope,
+                    const char *name, bool *exists, polis_error *err)
+{
+    char key[KEY_MAX];
+    etcd_range_result rr = {0};
+    etcd_range_opts o = {.count_only = true};
+    int rc;
+
+    resource_key(s, key, kind, scope, name);
+    rc = etcd_range(s->etcd, key, &o, &rr, err);
+    if (rc == 0)
+        *exists = rr.count > 0;
+    etcd_range_result_free(&rr);
+    return rc;
+}
+
+int cp_store_count(cp_store *s, const char *kind, const char *scope,
+                   int64_t *count, polis_error *err)
+{
+    char key[KEY_MAX], k[CP_KIND_MAX];
+    etcd_range_result rr = {0};
+    etcd_range_opts o = {.count_only = true, .prefix = true};
+    int rc;
+
+    lower_into(k, sizeof(k), kind);
+    snprintf(key, sizeof(key), "%sresources/%s/%s/", s->prefix, k, scope);
+    rc = etcd_range(s->etcd, key, &o, &rr, err);
+    if (rc == 0)
+        *count = rr.count;
+    etcd_range_result_free(&rr);
+    return rc;
+}
+
+int cp_store_delete(cp_store *s, const char *kind, const char *scope,
+                    const char *name, int64_t expected_revision, bool dry_run,
+                    const char *author, cp_resource *deleted,
+                    int64_t *revision_out, polis_error *err)
+{
+    char key[KEY_MAX], hkey[KEY_MAX], at[40];
+    char *keys[1] = {key};
+    cp_resource cur = {0};
+    int rc;
+
+    *revision_out = 0;
+    if (scope == NULL || scope[0] == '\0') {
+        rc = cp_store_get(s, kind, NULL, name, &cur, err);
+        if (rc)
+            return rc;
+        scope = cur.scope;
+    }
+    resource_key(s, key, kind, scope, name);
+    for (int attempt = 0;; attempt++) {
+        etcd_txn_result state = {0}, wr = {0};
+        write_plan plan = {0};
+        const etcd_kv *kv;
+        int64_t seq, seq_mod;
+        char *rec = NULL, *doc = NULL, *audit = NULL;
+        json_t *changes = NULL;
+
+        rc = read_state(s, keys, 1, &state, &seq, &seq_mod, err);
+        kv = rc == 0 ? state_kv(&state, 0) : NULL;
+        if (rc == 0 && kv == NULL)
+            rc = polis_error_set(err, POLIS_ENOTFOUND, NULL,
+                                 "%s \"%s\" not found in scope \"%s\"", kind,
+                                 name, scope);
+        if (rc == 0 && expected_revision > 0)
+            rc = check_expected(&state, keys, 1, expected_revision, err);
+        if (rc == 0 && deleted && attempt == 0)
+            rc = resource_from_kv(kv, deleted, err);
+        if (rc || dry_run) {
+            etcd_txn_result_free(&state);
+            break;
+        }
+        now_rfc3339(at, sizeof(at));
+        doc = record_document(kv);
+        rec = doc ? record_json(doc, scope, record_generation(kv) + 1,
+                                seq + 1, author, at, true, err)
+                  : NULL;
+        changes = json_pack("[{s:s, s:s, s:s, s:s, s:I}]", "kind", kind,
+                            "scope", scope, "name", name, "action",
+                            "deleted", "generation",
+                            (json_int_t)record_generation(kv));
+        audit = changes ? audit_json("delete", author, at, changes) : NULL;
+        if (rec == NULL || audit == NULL || plan_alloc(&plan, 1) != 0) {
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        } else {
+            plan_keep(&plan, rec);
+            plan_keep(&plan, audit);
+            rec = audit = NULL;
+            plan.cmps[plan.n_cmps++] =
+                (etcd_compare){.key = key,
+                               .target = ETCD_CMP_MOD,
+                               .op = ETCD_CMP_EQUAL,
+                               .number = kv->mod_revision};
+            plan.ops[plan.n_ops++] =
+                (etcd_op){.type = ETCD_OP_DELETE, .key = key};
+            history_key(s, hkey, kind, scope, name, seq + 1);
+            plan.ops[plan.n_ops++] =
+                (etcd_op){.type = ETCD_OP_PUT,
+                          .key = plan_key(&plan, hkey),
+                          .value = plan.bufs[0],
+                          .value_len = strlen(plan.bufs[0])};
+            if (plan_seq(s, &plan, seq, seq_mod, plan.bufs[1]))
+                rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            if (rc == 0)
+                rc = etcd_txn(s->etcd, plan.cmps, plan.n_cmps, plan.ops,
+                              plan.n_ops, NULL, 0, &wr, err);
+            if (rc == 0 && wr.succeeded)
+                *revision_out = wr.revision;
+        }
+        free(rec);
+        free(audit);
+        free(doc);
+        json_decref(changes);
+        plan_free(&plan);
+        etcd_txn_result_free(&state);
+        bool done = rc || wr.succeeded;
+        etcd_txn_result_free(&wr);
+        if (done)
+            break;
+        if (attempt + 1 >= APPLY_RETRIES) {
+            rc = polis_error_set(err, POLIS_ECONFLICT, NULL,
+                                 "gave up after %d attempts: the resource "
+                                 "kept changing concurrently",
+                                 APPLY_RETRIES);
+            break;
+        }
+        backoff(attempt);
+    }
+    cp_resource_clear(&cur);
+    return rc;
+}
