@@ -65,9 +65,8 @@ int admin_split_hostport(const char *addr, char *host, size_t hostlen,
     return 0;
 }
 
-static void reply_text(struct evhttp_request *req, int code,
-                       const char *reason, const char *ctype,
-                       const char *body)
+static void reply_text(struct evhttp_request *req, int code, const char *reason,
+                       const char *ctype, const char *body)
 {
     struct evbuffer *buf = evbuffer_new();
 

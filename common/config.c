@@ -44,8 +44,8 @@ static int set_value(const config_option *o, void *conf, const char *value,
                                    "\"%s\" is not an integer", value);
         if (v < o->min || v > o->max)
             return polis_error_set(err, POLIS_EINVAL, origin,
-                                   "%ld is out of range [%ld, %ld]", v,
-                                   o->min, o->max);
+                                   "%ld is out of range [%ld, %ld]", v, o->min,
+                                   o->max);
         *(int *)field = (int)v;
         return 0;
     case CONFIG_BOOL:
@@ -197,8 +197,7 @@ int config_load(const config_option *table, size_t n, void *conf, int argc,
             value = "true";
         } else {
             if (i + 1 >= argc)
-                return polis_error_set(err, POLIS_EINVAL, arg,
-                                       "missing value");
+                return polis_error_set(err, POLIS_EINVAL, arg, "missing value");
             value = argv[++i];
         }
         snprintf(origin, sizeof(origin), "--%s", o->name);

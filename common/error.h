@@ -38,7 +38,7 @@ enum polis_code {
 };
 
 #define POLIS_ERROR_WHERE_MAX 256
-#define POLIS_ERROR_MSG_MAX 768
+#define POLIS_ERROR_MSG_MAX   768
 
 /*
  * What went wrong.  `where` says the place ("orders.yaml: spec.schema[3].type",
@@ -63,8 +63,7 @@ const char *polis_errname(int code);
  * reads naturally.  `where` may be NULL.
  */
 int polis_error_set(polis_error *err, int code, const char *where,
-                    const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Prefix err->where with `prefix` and ": " (e.g. the file name). */
 void polis_error_prefix_where(polis_error *err, const char *prefix);

@@ -21,7 +21,7 @@ struct metric_series {
     char *name;
     char *help;
     char *labels;
-    _Atomic uint64_t count;   /* counter value, histogram count */
+    _Atomic uint64_t count; /* counter value, histogram count */
     _Atomic int64_t gauge;
     _Atomic uint64_t sum_micro; /* histogram sum, in millionths */
     size_t n_buckets;
@@ -35,10 +35,9 @@ struct metrics {
     size_t n, cap;
 };
 
-const double metrics_latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001,
-                                          0.0025, 0.005,   0.01,   0.025,
-                                          0.05,   0.1,     0.25,   0.5,
-                                          1,      2.5,     5,      10};
+const double metrics_latency_buckets[] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 const size_t metrics_latency_buckets_n =
     sizeof(metrics_latency_buckets) / sizeof(metrics_latency_buckets[0]);
 
@@ -136,9 +135,9 @@ metric_series *metrics_gauge(metrics *m, const char *name, const char *help,
     return series_get(m, METRIC_GAUGE, name, help, labels, NULL, 0);
 }
 
-metric_series *metrics_histogram(metrics *m, const char *name,
-                                 const char *help, const char *labels,
-                                 const double *buckets, size_t n_buckets)
+metric_series *metrics_histogram(metrics *m, const char *name, const char *help,
+                                 const char *labels, const double *buckets,
+                                 size_t n_buckets)
 {
     return series_get(m, METRIC_HISTOGRAM, name, help, labels, buckets,
                       n_buckets);
@@ -168,8 +167,7 @@ void metric_observe(metric_series *s, double value)
         return;
     for (size_t i = 0; i < s->n_buckets; i++)
         if (value <= s->bounds[i])
-            atomic_fetch_add_explicit(&s->buckets[i], 1,
-                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->buckets[i], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
     if (value > 0)
         atomic_fetch_add_explicit(&s->sum_micro, (uint64_t)(value * 1e6),
@@ -286,8 +284,8 @@ char *metrics_render(metrics *m)
         metric_series *s = m->series[i];
         if (done[i])
             continue;
-        rb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", s->name, s->help,
-                  s->name, type_name(s->type));
+        rb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", s->name, s->help, s->name,
+                  type_name(s->type));
         for (size_t j = i; j < m->n; j++) {
             if (!done[j] && strcmp(m->series[j]->name, s->name) == 0) {
                 render_series(&b, m->series[j]);

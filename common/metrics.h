@@ -30,11 +30,11 @@ metric_series *metrics_counter(metrics *m, const char *name, const char *help,
 metric_series *metrics_gauge(metrics *m, const char *name, const char *help,
                              const char *labels);
 /* buckets: ascending upper bounds (seconds, usually); +Inf is implicit. */
-metric_series *metrics_histogram(metrics *m, const char *name,
-                                 const char *help, const char *labels,
-                                 const double *buckets, size_t n_buckets);
+metric_series *metrics_histogram(metrics *m, const char *name, const char *help,
+                                 const char *labels, const double *buckets,
+                                 size_t n_buckets);
 
-void metric_add(metric_series *s, uint64_t n);   /* counters */
+void metric_add(metric_series *s, uint64_t n);    /* counters */
 void metric_set(metric_series *s, int64_t value); /* gauges */
 void metric_gauge_add(metric_series *s, int64_t delta);
 void metric_observe(metric_series *s, double value); /* histograms */

@@ -15,9 +15,9 @@
 #include <string.h>
 #include <time.h>
 
-#define DEFAULT_MAX_DOCUMENTS 1000
+#define DEFAULT_MAX_DOCUMENTS      1000
 #define DEFAULT_MAX_DOCUMENT_BYTES (1024 * 1024)
-#define STATUS_MSG_MAX 3800 /* below RPC_STATUS_MSG_MAX */
+#define STATUS_MSG_MAX             3800 /* below RPC_STATUS_MSG_MAX */
 
 struct cp_governance {
     cp_store *store;
@@ -107,8 +107,7 @@ static void observe(cp_governance *g, const char *method, int status,
                                labels),
                1);
     snprintf(labels, sizeof(labels), "method=\"%s\"", method);
-    metric_observe(metrics_histogram(g->m,
-                                     "polis_governance_request_seconds",
+    metric_observe(metrics_histogram(g->m, "polis_governance_request_seconds",
                                      "Governance API latency", labels,
                                      metrics_latency_buckets,
                                      metrics_latency_buckets_n),
@@ -178,20 +177,18 @@ static int lookup_stored(void *ctx, res_kind kind, const char *scope,
                          const char *name, bool *exists, polis_error *err)
 {
     lookup_ctx *lc = ctx;
-    return cp_store_exists(lc->store, res_kind_name(kind), scope, name,
-                           exists, err);
+    return cp_store_exists(lc->store, res_kind_name(kind), scope, name, exists,
+                           err);
 }
 
 /* Parse each wire document; every problem goes into errs. */
-static int parse_documents(cp_governance *g,
-                           const Polis__V1__ApplyRequest *req, json_t *docs,
-                           const char **sources, res_errors *errs)
+static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
+                           json_t *docs, const char **sources, res_errors *errs)
 {
     for (size_t i = 0; i < req->n_documents; i++) {
         const Polis__V1__Document *d = req->documents[i];
-        polis_error *e = errs->count < RES_MAX_ERRORS
-                             ? &errs->items[errs->count]
-                             : NULL;
+        polis_error *e =
+            errs->count < RES_MAX_ERRORS ? &errs->items[errs->count] : NULL;
         const char *src = d->source && d->source[0] ? d->source : NULL;
         size_t len = strlen(d->json), bad;
         json_error_t jerr;
@@ -207,13 +204,13 @@ static int parse_documents(cp_governance *g,
                             "document is %zu bytes, over the %zu-byte limit",
                             len, g->max_document_bytes);
         } else if (!doc_utf8_valid(d->json, len, &bad)) {
-            polis_error_set(e, POLIS_EINVAL, where,
-                            "invalid UTF-8 at byte %zu", bad);
+            polis_error_set(e, POLIS_EINVAL, where, "invalid UTF-8 at byte %zu",
+                            bad);
         } else if ((doc = json_loadb(d->json, len, JSON_REJECT_DUPLICATES,
                                      &jerr)) == NULL) {
             polis_error_set(e, POLIS_EPARSE, where,
-                            "invalid JSON at line %d column %d: %s",
-                            jerr.line, jerr.column, jerr.text);
+                            "invalid JSON at line %d column %d: %s", jerr.line,
+                            jerr.column, jerr.text);
         } else if (!json_is_object(doc)) {
             polis_error_set(e, POLIS_EINVAL, where,
                             "a document must be an object");
@@ -243,20 +240,18 @@ static void errors_message(const res_errors *errs, char *buf, size_t len)
     buf[0] = '\0';
     for (size_t i = 0; i < errs->count && used + 1 < len; i++) {
         polis_error_format(&errs->items[i], line, sizeof(line));
-        used += (size_t)snprintf(buf + used, len - used, "%s%s",
-                                 i ? "\n" : "", line);
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "\n" : "",
+                                 line);
     }
     if (errs->omitted && used + 1 < len)
         snprintf(buf + used, len - used, "\n... and %zu more problems",
                  errs->omitted);
 }
 
-static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg,
-                          void *ud)
+static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
 {
     cp_governance *g = ud;
-    const Polis__V1__ApplyRequest *req =
-        (const Polis__V1__ApplyRequest *)msg;
+    const Polis__V1__ApplyRequest *req = (const Polis__V1__ApplyRequest *)msg;
     Polis__V1__ApplyResponse resp = POLIS__V1__APPLY_RESPONSE__INIT;
     Polis__V1__ApplyResult *results = NULL, **result_ptrs = NULL;
     res_errors *errs = calloc(1, sizeof(*errs));
@@ -278,8 +273,8 @@ static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg,
         goto out;
     }
     if (n == 0) {
-        status = fail_msg(call, RPC_INVALID_ARGUMENT,
-                          "apply: no documents given");
+        status =
+            fail_msg(call, RPC_INVALID_ARGUMENT, "apply: no documents given");
         goto out;
     }
     if (n > g->max_documents) {
@@ -303,8 +298,7 @@ static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg,
     }
     rc = parse_documents(g, req, docs, sources, errs);
     if (rc == 0)
-        rc = res_validate_set(docs, sources, lookup_stored, &lc, infos,
-                              errs);
+        rc = res_validate_set(docs, sources, lookup_stored, &lc, infos, errs);
     if (rc == POLIS_EINVAL) {
         errors_message(errs, text, sizeof(text));
         status = fail_msg(call, RPC_INVALID_ARGUMENT, "%s", text);
@@ -346,8 +340,7 @@ static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg,
             snprintf(labels, sizeof(labels), "kind=\"%s\",action=\"%s\"",
                      changes[i].kind, applied[i].action);
             metric_add(metrics_counter(g->m, "polis_resources_written_total",
-                                       "Resources created or updated",
-                                       labels),
+                                       "Resources created or updated", labels),
                        1);
         }
     }
@@ -392,8 +385,7 @@ static int get_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
         status = fail_msg(call, RPC_INVALID_ARGUMENT, "name: required");
     if (status == RPC_OK &&
         cp_store_get(g->store, res_kind_name(kind),
-                     default_scope(kind, req->scope), req->name, &r,
-                     &err) != 0)
+                     default_scope(kind, req->scope), req->name, &r, &err) != 0)
         status = fail(call, &err);
     if (status == RPC_OK) {
         resp.resource = resource_to_pb(&r);
@@ -432,8 +424,7 @@ static int send_resources(rpc_call *call, const cp_resource *list, size_t n,
     return status;
 }
 
-static int list_on_start(rpc_call *call, const ProtobufCMessage *msg,
-                         void *ud)
+static int list_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
 {
     cp_governance *g = ud;
     const Polis__V1__ListRequest *req = (const Polis__V1__ListRequest *)msg;
@@ -451,8 +442,8 @@ static int list_on_start(rpc_call *call, const ProtobufCMessage *msg,
                       &resp.revision, &err) != 0)
         status = fail(call, &err);
     if (status == RPC_OK)
-        status = send_resources(call, list, n, &resp.base,
-                                &resp.n_resources, &resp.resources);
+        status = send_resources(call, list, n, &resp.base, &resp.n_resources,
+                                &resp.resources);
     cp_resources_free(list, n);
     observe(g, "List", status, started);
     return status;
@@ -462,8 +453,7 @@ static int delete_on_start(rpc_call *call, const ProtobufCMessage *msg,
                            void *ud)
 {
     cp_governance *g = ud;
-    const Polis__V1__DeleteRequest *req =
-        (const Polis__V1__DeleteRequest *)msg;
+    const Polis__V1__DeleteRequest *req = (const Polis__V1__DeleteRequest *)msg;
     Polis__V1__DeleteResponse resp = POLIS__V1__DELETE_RESPONSE__INIT;
     cp_resource gone = {0};
     polis_error err = {0};
@@ -478,10 +468,9 @@ static int delete_on_start(rpc_call *call, const ProtobufCMessage *msg,
         status = fail_msg(call, RPC_INVALID_ARGUMENT, "name: required");
     /* A domain goes last: its products and policies refer to it. */
     if (status == RPC_OK && kind == RES_DOMAIN) {
-        if (cp_store_count(g->store, "DataProduct", req->name, &owned,
-                           &err) != 0 ||
-            cp_store_count(g->store, "Policy", req->name, &policies,
-                           &err) != 0)
+        if (cp_store_count(g->store, "DataProduct", req->name, &owned, &err) !=
+                0 ||
+            cp_store_count(g->store, "Policy", req->name, &policies, &err) != 0)
             status = fail(call, &err);
         else if (owned + policies > 0)
             status = fail_msg(call, RPC_FAILED_PRECONDITION,
@@ -527,8 +516,8 @@ static int history_on_start(rpc_call *call, const ProtobufCMessage *msg,
         status = fail_msg(call, RPC_INVALID_ARGUMENT, "name: required");
     if (status == RPC_OK &&
         cp_store_history(g->store, res_kind_name(kind),
-                         default_scope(kind, req->scope), req->name,
-                         req->limit, &list, &n, &err) != 0)
+                         default_scope(kind, req->scope), req->name, req->limit,
+                         &list, &n, &err) != 0)
         status = fail(call, &err);
     if (status == RPC_OK)
         status = send_resources(call, list, n, &resp.base, &resp.n_versions,
@@ -546,8 +535,7 @@ static const rpc_handler governance_handlers[] = {
     {"History", RPC_KIND_UNARY, history_on_start, NULL, NULL, NULL},
 };
 
-int cp_governance_register(cp_governance *g, rpc_server *srv,
-                           polis_error *err)
+int cp_governance_register(cp_governance *g, rpc_server *srv, polis_error *err)
 {
     return rpc_server_add_service(
         srv, &polis__v1__governance__descriptor, governance_handlers,

@@ -28,8 +28,7 @@ int cp_governance_new(cp_store *store, metrics *m,
                       polis_error *err);
 
 /* Register the service's handlers on srv (before rpc_server_start). */
-int cp_governance_register(cp_governance *g, rpc_server *srv,
-                           polis_error *err);
+int cp_governance_register(cp_governance *g, rpc_server *srv, polis_error *err);
 
 void cp_governance_free(cp_governance *g);
 

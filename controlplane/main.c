@@ -39,14 +39,10 @@ typedef struct cp_config {
 } cp_config;
 
 #define OPT(name, type, field, def, min, max, help)                            \
-    {name,                                                                     \
-     type,                                                                     \
-     offsetof(cp_config, field),                                               \
-     sizeof(((cp_config *)0)->field),                                          \
-     def,                                                                      \
-     min,                                                                      \
-     max,                                                                      \
-     help}
+    {                                                                          \
+        name, type, offsetof(cp_config, field),                                \
+            sizeof(((cp_config *)0)->field), def, min, max, help               \
+    }
 
 static const config_option cp_options[] = {
     OPT("listen", CONFIG_STRING, listen, "127.0.0.1:7400", 0, 0,
@@ -62,8 +58,7 @@ static const config_option cp_options[] = {
         "timeout of one etcd request"),
     OPT("data-dir", CONFIG_STRING, data_dir, "./polis-data", 0, 0,
         "state directory (the embedded etcd lives in DATA_DIR/etcd)"),
-    OPT("workers", CONFIG_INT, workers, "4", 1, 64,
-        "gRPC worker threads"),
+    OPT("workers", CONFIG_INT, workers, "4", 1, 64, "gRPC worker threads"),
     OPT("max-documents", CONFIG_INT, max_documents, "1000", 1, 100000,
         "documents in one apply"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
@@ -126,10 +121,12 @@ static int start_embedded_etcd(cp_runtime *rt, polis_error *err)
     /* Applies of many documents are one txn: allow large ones.  Keep the
      * MVCC history bounded; Polis keeps its own history keys. */
     static const char *const extra[] = {
-        "--max-txn-ops=4096", "--max-request-bytes=16777216",
+        "--max-txn-ops=4096",
+        "--max-request-bytes=16777216",
         "--auto-compaction-mode=revision",
         "--auto-compaction-retention=100000",
-        "--experimental-watch-progress-notify-interval=5s", NULL};
+        "--experimental-watch-progress-notify-interval=5s",
+        NULL};
     int rc;
 
     if (mkdir(rt->conf.data_dir, 0700) != 0 && errno != EEXIST)
@@ -188,7 +185,8 @@ static int runtime_start(cp_runtime *rt, polis_error *err)
         polis_error_prefix_where(err, "--admin-listen");
         return rc;
     }
-    log_info("polis-controlplane serving", "version=%s grpc_port=%d "
+    log_info("polis-controlplane serving",
+             "version=%s grpc_port=%d "
              "admin_port=%d etcd=%s prefix=%s",
              POLIS_VERSION, rpc_server_port(rt->rpc),
              admin_http_port(rt->admin), rt->conf.etcd,
@@ -255,8 +253,9 @@ int main(int argc, char **argv)
     }
     level = log_level_parse(rt.conf.log_level);
     if (level < 0) {
-        fprintf(stderr, "polis-controlplane: --log-level: unknown level "
-                        "\"%s\" (debug, info, warn, error)\n",
+        fprintf(stderr,
+                "polis-controlplane: --log-level: unknown level "
+                "\"%s\" (debug, info, warn, error)\n",
                 rt.conf.log_level);
         return 2;
     }
@@ -284,8 +283,8 @@ int main(int argc, char **argv)
             break;
         supervise_embedded(&rt);
     }
-    log_info("shutting down", "signal=%s", sig == SIGINT ? "SIGINT"
-                                                         : "SIGTERM");
+    log_info("shutting down", "signal=%s",
+             sig == SIGINT ? "SIGINT" : "SIGTERM");
     runtime_stop(&rt);
     log_info("stopped", NULL);
     return 0;

@@ -14,9 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define KEY_MAX 1024
+#define KEY_MAX       1024
 #define APPLY_RETRIES 16
-#define LIST_PAGE 500
+#define LIST_PAGE     500
 
 struct cp_store {
     etcd_client *etcd;
@@ -126,8 +126,7 @@ static void now_rfc3339(char *buf, size_t len)
  * gives kind/scope/name only for resources/ keys, so those come from the
  * document.
  */
-static int resource_from_kv(const etcd_kv *kv, cp_resource *r,
-                            polis_error *err)
+static int resource_from_kv(const etcd_kv *kv, cp_resource *r, polis_error *err)
 {
     json_t *v, *doc;
     json_error_t jerr;
@@ -143,10 +142,10 @@ static int resource_from_kv(const etcd_kv *kv, cp_resource *r,
                                jerr.text);
     }
     doc = json_object_get(v, "document");
-    if (json_unpack(v, "{s?s, s?s, s?s, s?I, s?I, s?b, s?s}", "author",
-                    &author, "updatedAt", &at, "scope", &scope, "generation",
-                    &r->generation, "seq", &r->seq, "deleted",
-                    &r->deleted, "kind", &kind) != 0 ||
+    if (json_unpack(v, "{s?s, s?s, s?s, s?I, s?I, s?b, s?s}", "author", &author,
+                    "updatedAt", &at, "scope", &scope, "generation",
+                    &r->generation, "seq", &r->seq, "deleted", &r->deleted,
+                    "kind", &kind) != 0 ||
         !json_is_object(doc)) {
         json_decref(v);
         return polis_error_set(err, POLIS_EPROTO, kv->key,
@@ -179,10 +178,9 @@ static char *record_json(const char *doc_json, const char *scope,
         polis_error_set(err, POLIS_EINVAL, "document", "%s", jerr.text);
         return NULL;
     }
-    rec = json_pack("{s:o, s:s, s:I, s:I, s:s, s:s}", "document", doc,
-                    "scope", scope, "generation", (json_int_t)generation,
-                    "seq", (json_int_t)seq, "author", author, "updatedAt",
-                    at);
+    rec = json_pack("{s:o, s:s, s:I, s:I, s:s, s:s}", "document", doc, "scope",
+                    scope, "generation", (json_int_t)generation, "seq",
+                    (json_int_t)seq, "author", author, "updatedAt", at);
     if (rec && deleted)
         json_object_set_new(rec, "deleted", json_true());
     out = rec ? json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
@@ -282,8 +280,8 @@ static const etcd_kv *state_kv(const etcd_txn_result *tr, size_t i)
     return &tr->responses[i + 1].kvs[0];
 }
 
-static char *audit_json(const char *action, const char *author,
-                        const char *at, json_t *changes)
+static char *audit_json(const char *action, const char *author, const char *at,
+                        json_t *changes)
 {
     json_t *a = json_pack("{s:s, s:s, s:s, s:O}", "action", action, "author",
                           author, "time", at, "changes", changes);
@@ -346,9 +344,9 @@ static void backoff(int attempt)
 }
 
 int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
-                   int64_t expected_revision, bool dry_run,
-                   const char *author, cp_apply_result *results,
-                   int64_t *revision_out, polis_error *err)
+                   int64_t expected_revision, bool dry_run, const char *author,
+                   cp_apply_result *results, int64_t *revision_out,
+                   polis_error *err)
 {
     char **keys = calloc(n ? n : 1, sizeof(*keys));
     char at[40], key[KEY_MAX];
@@ -395,10 +393,9 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
             results[i].action = kv ? "updated" : "created";
             results[i].generation = gen + 1;
             n_changed++;
-            rec = plan_keep(&plan, record_json(changes[i].doc_json,
-                                               changes[i].scope, gen + 1,
-                                               seq + 1, author, at, false,
-                                               err));
+            rec = plan_keep(
+                &plan, record_json(changes[i].doc_json, changes[i].scope,
+                                   gen + 1, seq + 1, author, at, false, err));
             if (rec == NULL) {
                 rc = err ? err->code : POLIS_ENOMEM;
                 break;
@@ -420,14 +417,14 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
                                                .value_len = strlen(rec)};
             json_array_append_new(
                 audit_changes,
-                json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind",
-                          changes[i].kind, "scope", changes[i].scope, "name",
-                          changes[i].name, "action", results[i].action,
-                          "generation", (json_int_t)(gen + 1)));
+                json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", changes[i].kind,
+                          "scope", changes[i].scope, "name", changes[i].name,
+                          "action", results[i].action, "generation",
+                          (json_int_t)(gen + 1)));
         }
         if (rc == 0 && n_changed > 0 && !dry_run) {
-            audit = plan_keep(&plan, audit_json("apply", author, at,
-                                                audit_changes));
+            audit = plan_keep(&plan,
+                              audit_json("apply", author, at, audit_changes));
             if (audit == NULL || plan_seq(s, &plan, seq, seq_mod, audit))
                 rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
         }
@@ -492,8 +489,8 @@ int cp_store_get(cp_store *s, const char *kind, const char *scope,
         if (rr.n == 0) {
             etcd_range_result_free(&rr);
             return polis_error_set(err, POLIS_ENOTFOUND, NULL,
-                                   "%s \"%s\" not found in scope \"%s\"",
-                                   kind, name, scope);
+                                   "%s \"%s\" not found in scope \"%s\"", kind,
+                                   name, scope);
         }
         rc = resource_from_kv(&rr.kvs[0], out, err);
         etcd_range_result_free(&rr);
@@ -558,9 +555,8 @@ static int range_all(cp_store *s, const char *prefix, int64_t revision,
     *rev_out = revision;
     for (;;) {
         etcd_range_result rr = {0};
-        etcd_range_opts o = {.range_end = end,
-                             .limit = LIST_PAGE,
-                             .revision = *rev_out};
+        etcd_range_opts o = {
+            .range_end = end, .limit = LIST_PAGE, .revision = *rev_out};
         etcd_kv *grown;
 
         rc = etcd_range(s->etcd, from, &o, &rr, err);
@@ -708,8 +704,8 @@ int cp_store_history(cp_store *s, const char *kind, const char *scope,
     rc = range_all(s, pfx, 0, &kvs, &n, &rev, err);
     if (rc == 0 && n == 0)
         rc = polis_error_set(err, POLIS_ENOTFOUND, NULL,
-                             "%s \"%s\" has no history in scope \"%s\"",
-                             kind, name, scope);
+                             "%s \"%s\" has no history in scope \"%s\"", kind,
+                             name, scope);
     if (rc == 0)
         rc = resources_from_kvs(kvs, n, true, limit, out, n_out, err);
     kvs_free(kvs, n);
@@ -792,13 +788,12 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
         }
         now_rfc3339(at, sizeof(at));
         doc = record_document(kv);
-        rec = doc ? record_json(doc, scope, record_generation(kv) + 1,
-                                seq + 1, author, at, true, err)
+        rec = doc ? record_json(doc, scope, record_generation(kv) + 1, seq + 1,
+                                author, at, true, err)
                   : NULL;
         changes = json_pack("[{s:s, s:s, s:s, s:s, s:I}]", "kind", kind,
-                            "scope", scope, "name", name, "action",
-                            "deleted", "generation",
-                            (json_int_t)record_generation(kv));
+                            "scope", scope, "name", name, "action", "deleted",
+                            "generation", (json_int_t)record_generation(kv));
         audit = changes ? audit_json("delete", author, at, changes) : NULL;
         if (rec == NULL || audit == NULL || plan_alloc(&plan, 1) != 0) {
             rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);

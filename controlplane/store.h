@@ -17,8 +17,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define CP_KIND_MAX 32
-#define CP_NAME_MAX 128
+#define CP_KIND_MAX   32
+#define CP_NAME_MAX   128
 #define CP_AUTHOR_MAX 256
 
 typedef struct cp_store cp_store;
@@ -69,9 +69,9 @@ typedef struct cp_apply_result {
  * nothing changed or dry_run).
  */
 int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
-                   int64_t expected_revision, bool dry_run,
-                   const char *author, cp_apply_result *results,
-                   int64_t *revision_out, polis_error *err);
+                   int64_t expected_revision, bool dry_run, const char *author,
+                   cp_apply_result *results, int64_t *revision_out,
+                   polis_error *err);
 
 /* scope "" or NULL: any scope, if the name is unique.  POLIS_ENOTFOUND
  * when absent.  Caller clears *out with cp_resource_clear. */

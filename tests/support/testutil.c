@@ -47,8 +47,7 @@ int test_main(int argc, char **argv, const test_suite *suites)
     }
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
-    failures = CU_get_number_of_failures() +
-               CU_get_number_of_suites_failed();
+    failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
     if (CU_get_number_of_tests_run() == 0 && filter == NULL)
         failures++;
     CU_cleanup_registry();

@@ -14,8 +14,8 @@ typedef struct test_case {
 
 typedef struct test_suite {
     const char *name;
-    int (*init)(void);    /* may be NULL; non-zero fails the suite */
-    int (*cleanup)(void); /* may be NULL */
+    int (*init)(void);      /* may be NULL; non-zero fails the suite */
+    int (*cleanup)(void);   /* may be NULL */
     const test_case *cases; /* terminated by {NULL, NULL} */
 } test_suite;
 
