@@ -181,52 +181,60 @@ static int lookup_stored(void *ctx, res_kind kind, const char *scope,
                            err);
 }
 
-/* Parse each wire document; every problem goes into errs. */
+static void errors_add(res_errors *errs, const polis_error *e)
+{
+    if (errs->count < RES_MAX_ERRORS)
+        errs->items[errs->count++] = *e;
+    else
+        errs->omitted++;
+}
+
+/*
+ * Parse each wire document and check it on its own; every problem goes into
+ * errs, in document order, so one reply lists them all.  Set-level checks
+ * (duplicates, references) run only on a set whose documents are all valid.
+ */
 static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
                            json_t *docs, const char **sources, res_errors *errs)
 {
     for (size_t i = 0; i < req->n_documents; i++) {
         const Polis__V1__Document *d = req->documents[i];
-        polis_error *e =
-            errs->count < RES_MAX_ERRORS ? &errs->items[errs->count] : NULL;
         const char *src = d->source && d->source[0] ? d->source : NULL;
         size_t len = strlen(d->json), bad;
         json_error_t jerr;
         json_t *doc = NULL;
+        polis_error e = {0};
         char where[POLIS_ERROR_WHERE_MAX];
 
-        snprintf(where, sizeof(where), "%s", src ? src : "");
-        if (src == NULL)
+        if (src)
+            snprintf(where, sizeof(where), "%s", src);
+        else
             snprintf(where, sizeof(where), "document %zu", i + 1);
         sources[i] = src;
-        if (len > g->max_document_bytes) {
-            polis_error_set(e, POLIS_ETOOBIG, where,
+        if (len > g->max_document_bytes)
+            polis_error_set(&e, POLIS_ETOOBIG, where,
                             "document is %zu bytes, over the %zu-byte limit",
                             len, g->max_document_bytes);
-        } else if (!doc_utf8_valid(d->json, len, &bad)) {
-            polis_error_set(e, POLIS_EINVAL, where, "invalid UTF-8 at byte %zu",
-                            bad);
-        } else if ((doc = json_loadb(d->json, len, JSON_REJECT_DUPLICATES,
-                                     &jerr)) == NULL) {
-            polis_error_set(e, POLIS_EPARSE, where,
+        else if (!doc_utf8_valid(d->json, len, &bad))
+            polis_error_set(&e, POLIS_EINVAL, where,
+                            "invalid UTF-8 at byte %zu", bad);
+        else if ((doc = json_loadb(d->json, len, JSON_REJECT_DUPLICATES,
+                                   &jerr)) == NULL)
+            polis_error_set(&e, POLIS_EPARSE, where,
                             "invalid JSON at line %d column %d: %s", jerr.line,
                             jerr.column, jerr.text);
-        } else if (!json_is_object(doc)) {
-            polis_error_set(e, POLIS_EINVAL, where,
+        else if (!json_is_object(doc))
+            polis_error_set(&e, POLIS_EINVAL, where,
                             "a document must be an object");
-        }
-        if (doc && json_is_object(doc)) {
-            json_array_append_new(docs, doc);
-            continue;
-        }
-        json_decref(doc);
-        /* Keep positions aligned with sources: a null placeholder, which
-         * res_validate_set reports too; we stop before it matters. */
-        json_array_append_new(docs, json_object());
-        if (e)
-            errs->count++;
         else
-            errs->omitted++;
+            res_validate(doc, where, NULL, &e);
+        if (e.code)
+            errors_add(errs, &e);
+        /* Keep positions aligned with sources, valid or not. */
+        json_array_append_new(docs,
+                              doc && json_is_object(doc) ? doc : json_object());
+        if (doc && !json_is_object(doc))
+            json_decref(doc);
     }
     return errs->count || errs->omitted ? POLIS_EINVAL : 0;
 }
