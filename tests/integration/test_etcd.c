@@ -668,6 +668,11 @@ static void put_range(etcd_client *c, int from, int to)
     }
 }
 
+/*
+ * The reader stops reading so that the watch thread blocks on its full
+ * queue (backpressure) while etcd restarts and more keys are written: the
+ * thread can only get those by resuming from the right revision.
+ */
 static void test_watch_survives_restarts(void)
 {
     testenv_etcd *e = testenv_etcd_start(NULL);
@@ -676,24 +681,27 @@ static void test_watch_survives_restarts(void)
     etcd_watch_opts wo = {.key = "rs/", .prefix = true};
     polis_error err = {0};
     int seen = 0;
-    int64_t last_rev = 0;
+    int64_t last_rev = 0, t0;
 
     CU_ASSERT_FATAL(e != NULL);
     c = client_for(e->endpoint, 3000);
     CU_ASSERT_FATAL(c != NULL);
     CU_ASSERT_EQUAL_FATAL(etcd_watch_open(c, &wo, &w, &err), POLIS_OK);
 
-    put_range(c, 0, 100);
-    expect_events(w, 0, 50, &seen, &last_rev);   /* some read before... */
+    put_range(c, 0, 200); /* more batches than the queue holds */
+    nap_ms(200);
+    t0 = mono_ms();
     CU_ASSERT_EQUAL(testenv_etcd_restart(e), 0); /* SIGTERM */
-    put_range(c, 100, 200);
-    expect_events(w, 50, 200, &seen, &last_rev);
+    fprintf(stderr, "\n  restart (SIGTERM) took %lld ms\n",
+            (long long)(mono_ms() - t0));
+    put_range(c, 200, 300);
+    expect_events(w, 0, 300, &seen, &last_rev);
 
-    put_range(c, 200, 250);
+    put_range(c, 300, 350);
     CU_ASSERT_EQUAL(testenv_etcd_kill(e, SIGKILL), 0);
     CU_ASSERT_EQUAL(testenv_etcd_restart(e), 0);
-    put_range(c, 250, 300);
-    expect_events(w, 200, 300, &seen, &last_rev);
+    put_range(c, 350, 400);
+    expect_events(w, 300, 400, &seen, &last_rev);
 
     /* and nothing more */
     {
