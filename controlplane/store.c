@@ -844,3 +844,17 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
     cp_resource_clear(&cur);
     return rc;
 }
+
+int cp_store_seq(cp_store *s, int64_t *seq, polis_error *err)
+{
+    char key[KEY_MAX];
+    etcd_range_result rr = {0};
+    int rc;
+
+    snprintf(key, sizeof(key), "%smeta/seq", s->prefix);
+    rc = etcd_range(s->etcd, key, NULL, &rr, err);
+    if (rc == 0)
+        *seq = rr.n ? strtoll(rr.kvs[0].value, NULL, 10) : 0;
+    etcd_range_result_free(&rr);
+    return rc;
+}

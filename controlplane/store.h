@@ -102,4 +102,8 @@ int cp_store_exists(cp_store *s, const char *kind, const char *scope,
 int cp_store_count(cp_store *s, const char *kind, const char *scope,
                    int64_t *count, polis_error *err);
 
+/* The current write sequence (meta/seq; 0 before the first write): it
+ * moves on every change, so caches can tell whether to rebuild. */
+int cp_store_seq(cp_store *s, int64_t *seq, polis_error *err);
+
 #endif
