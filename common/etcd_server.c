@@ -285,7 +285,7 @@ static bool healthy(CURL *h, const char *endpoint)
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 1000L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 500L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, (void *)body);
     if (curl_easy_perform(h) != CURLE_OK)
         return false;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
