@@ -822,6 +822,77 @@ static void test_many_concurrent_streams(void)
     stop_server();
 }
 
+/* Self-signed certificates made with the openssl tool in a temp dir. */
+static bool make_cert(const char *dir, const char *name)
+{
+    char cmd[1024];
+
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 2 "
+             "-keyout %s/%s.key -out %s/%s.crt -subj /CN=localhost "
+             "-addext subjectAltName=IP:127.0.0.1,DNS:localhost "
+             ">/dev/null 2>&1",
+             dir, name, dir, name);
+    return system(cmd) == 0;
+}
+
+static void test_tls_and_mutual_tls(void)
+{
+    char dir[] = "/tmp/polis-rpc-tls-XXXXXX";
+    char srv_crt[128], srv_key[128], cli_crt[128], cli_key[128], cmd[256];
+    char target[64], out[32] = "";
+    rpc_server_options o = {.listen = "127.0.0.1:0"};
+    polis_error err = {0};
+    rpc_channel *c = NULL;
+    rpc_status st;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(srv_crt, sizeof(srv_crt), "%s/server.crt", dir);
+    snprintf(srv_key, sizeof(srv_key), "%s/server.key", dir);
+    snprintf(cli_crt, sizeof(cli_crt), "%s/client.crt", dir);
+    snprintf(cli_key, sizeof(cli_key), "%s/client.key", dir);
+    if (!make_cert(dir, "server") || !make_cert(dir, "client")) {
+        CU_FAIL("cannot make certificates with the openssl tool");
+        goto out;
+    }
+    /* The server requires a client certificate signed by client.crt. */
+    o.creds = (rpc_creds){cli_crt, srv_crt, srv_key};
+    seen_reset();
+    CU_ASSERT_EQUAL_FATAL(rpc_server_new(&o, &srv, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(
+        rpc_server_add_service(srv, echo, echo_handlers, 1, NULL, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rpc_server_start(srv, &err), 0);
+    snprintf(target, sizeof(target), "127.0.0.1:%d", rpc_server_port(srv));
+
+    /* Mutual TLS: served. */
+    rpc_channel_options mtls = {.creds = {srv_crt, cli_crt, cli_key}};
+    CU_ASSERT_EQUAL_FATAL(rpc_channel_new(target, &mtls, &chan, &err), 0);
+    CU_ASSERT_EQUAL(unary_text("over tls", 5000, &st, out, sizeof(out)),
+                    RPC_OK);
+    CU_ASSERT_STRING_EQUAL(out, "over tls");
+    rpc_channel_free(chan);
+
+    /* TLS without a client certificate, and plaintext: refused. */
+    rpc_channel_options tls = {.creds = {.ca_file = srv_crt}};
+    CU_ASSERT_EQUAL_FATAL(rpc_channel_new(target, &tls, &chan, &err), 0);
+    CU_ASSERT_EQUAL(unary_text("x", 5000, &st, NULL, 0), RPC_UNAVAILABLE);
+    rpc_channel_free(chan);
+    CU_ASSERT_EQUAL_FATAL(rpc_channel_new(target, NULL, &chan, &err), 0);
+    CU_ASSERT_EQUAL(unary_text("x", 5000, &st, NULL, 0), RPC_UNAVAILABLE);
+    rpc_channel_free(chan);
+    chan = NULL;
+
+    /* A missing file is a clear error, not a crash. */
+    rpc_channel_options missing = {.creds = {.ca_file = "/nonexistent.pem"}};
+    CU_ASSERT_EQUAL(rpc_channel_new(target, &missing, &c, &err), POLIS_EIO);
+    CU_ASSERT_STRING_EQUAL(err.where, "/nonexistent.pem");
+    rpc_server_free(srv);
+    srv = NULL;
+out:
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+}
+
 static void test_bad_setup_is_refused(void)
 {
     rpc_server_options o = {.listen = "127.0.0.1:0"};
@@ -866,6 +937,7 @@ static const test_case rpc_cases[] = {
     {"send_queue_full", test_send_queue_full},
     {"many_concurrent_streams", test_many_concurrent_streams},
     {"bad_setup_is_refused", test_bad_setup_is_refused},
+    {"tls_and_mutual_tls", test_tls_and_mutual_tls},
     {NULL, NULL},
 };
 
