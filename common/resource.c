@@ -1111,6 +1111,21 @@ out:
     return rc;
 }
 
+int res_apply_defaults(json_t *doc)
+{
+    const char *kind = json_string_value(json_object_get(doc, "kind"));
+    json_t *spec = json_object_get(doc, "spec");
+    json_t *scope = json_object_get(spec, "scope");
+
+    if (kind == NULL || strcmp(kind, "Policy") != 0 || !json_is_object(spec))
+        return 0;
+    if (scope != NULL && !json_is_null(scope))
+        return 0;
+    if (json_object_set_new(spec, "scope", json_string(RES_SCOPE_GLOBAL)))
+        return POLIS_ENOMEM;
+    return 0;
+}
+
 /* ---- storage helpers --------------------------------------------------- */
 
 char *res_canonical_json(const json_t *doc)

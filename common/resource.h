@@ -61,6 +61,14 @@ int res_validate(const json_t *doc, const char *source, res_info *out,
                  polis_error *err);
 
 /*
+ * Write into a valid document the defaults that decide where it lives, so
+ * that what is stored (and compiled by the policy engine) says it: a
+ * Policy without spec.scope gets "global".  Call after res_validate, before
+ * res_canonical_json.  0, or POLIS_ENOMEM.
+ */
+int res_apply_defaults(json_t *doc);
+
+/*
  * Does kind/scope/name already exist (in the store)?  Set *exists and
  * return 0, or return a negative POLIS_E* code with *err filled; the set
  * validation then stops and returns that code.

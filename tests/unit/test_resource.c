@@ -749,6 +749,28 @@ static void test_canonical_json_ignores_key_order(void)
     json_decref(c);
 }
 
+static void test_defaults_make_policy_scope_explicit(void)
+{
+    json_t *p = doc_of(ENVELOPE "kind: Policy\nmetadata: {name: p}\n"
+                                "spec: {rules: [{name: a, effect: deny}]}\n");
+    json_t *d = doc_of(DOMAIN("sales"));
+    char *before = res_canonical_json(d), *after;
+
+    CU_ASSERT_EQUAL(res_apply_defaults(p), 0);
+    CU_ASSERT_STRING_EQUAL(
+        json_string_value(json_object_get(json_object_get(p, "spec"), "scope")),
+        "global");
+    CU_ASSERT_EQUAL(res_validate(p, NULL, NULL, NULL), 0);
+    /* Other kinds are left as written. */
+    CU_ASSERT_EQUAL(res_apply_defaults(d), 0);
+    after = res_canonical_json(d);
+    CU_ASSERT_STRING_EQUAL(before, after);
+    free(before);
+    free(after);
+    json_decref(p);
+    json_decref(d);
+}
+
 static void test_etcd_keys(void)
 {
     char buf[128];
@@ -914,6 +936,8 @@ static const test_case set_cases[] = {
 static const test_case misc_cases[] = {
     {"kind_names", test_kind_names},
     {"canonical_json_ignores_key_order", test_canonical_json_ignores_key_order},
+    {"defaults_make_policy_scope_explicit",
+     test_defaults_make_policy_scope_explicit},
     {"etcd_keys", test_etcd_keys},
     {"examples_validate", test_examples_validate},
     {NULL, NULL},
