@@ -965,6 +965,11 @@ static int exists(set_ctx *s, res_kind kind, const char *scope,
         if (err.code == 0)
             polis_error_set(&err, rc, NULL, "lookup of %s %s/%s failed",
                             res_kind_name(kind), scope, name);
+        /* The header promises it is the last item, even when full. */
+        if (s->errs->count == RES_MAX_ERRORS) {
+            s->errs->count--;
+            s->errs->omitted++;
+        }
         errors_add(s->errs, &err);
         s->lookup_rc = rc;
         return -1;

@@ -703,6 +703,26 @@ static void test_set_error_bound(void)
     free(errs);
 }
 
+static void test_set_lookup_failure_is_last_even_when_full(void)
+{
+    json_t *docs = docs_of(PRODUCT("orders", "sales"));
+    res_errors *errs = malloc(sizeof(*errs));
+    stored st = {"", 0, 1};
+    char buf[1100];
+
+    for (int i = 0; i < 20; i++)
+        json_array_append_new(docs, json_pack("{s:s}", "kind", "Domain"));
+    CU_ASSERT_EQUAL(res_validate_set(docs, NULL, lookup, &st, NULL, errs),
+                    POLIS_EUNAVAIL);
+    CU_ASSERT_EQUAL(errs->count, RES_MAX_ERRORS);
+    CU_ASSERT_STRING_EQUAL(
+        polis_error_format(&errs->items[errs->count - 1], buf, sizeof(buf)),
+        "etcd: no endpoint answered");
+    CU_ASSERT_EQUAL(errs->omitted, 60 - RES_MAX_ERRORS + 1);
+    json_decref(docs);
+    free(errs);
+}
+
 /* ---- kinds, canonical JSON, keys -------------------------------------- */
 
 static void test_kind_names(void)
@@ -930,6 +950,8 @@ static const test_case set_cases[] = {
     {"missing_upstream_product", test_set_missing_upstream_product},
     {"collects_all_errors", test_set_collects_all_errors},
     {"error_bound", test_set_error_bound},
+    {"lookup_failure_is_last_even_when_full",
+     test_set_lookup_failure_is_last_even_when_full},
     {NULL, NULL},
 };
 
