@@ -133,8 +133,8 @@ static const cli_verb verbs[] = {
                 "  polisctl history policy pii-masking\n"
                 "  polisctl history domain sales --limit 5 -o yaml\n",
      history_flags, 2, 2, cmd_history},
-    {"version", "version", "print the polisctl version", "", no_flags, 0, 0,
-     cmd_version},
+    {"version", "version", "print the polisctl version",
+     "Examples:\n  polisctl version\n", no_flags, 0, 0, cmd_version},
     {"help", "help [VERB]", "show help for polisctl or one verb",
      "Examples:\n  polisctl help apply\n", no_flags, 0, 1, cmd_help},
 };
