@@ -5,6 +5,7 @@
  */
 #include "common/document.h"
 #include "common/resource.h"
+#include "policy/policy.h"
 #include "tests/support/testutil.h"
 
 #include <dirent.h>
@@ -913,6 +914,21 @@ static void test_examples_validate(void)
         fprintf(stderr, "\n%s", buf);
     for (size_t i = 0; i < set.n; i++)
         count[infos[i].kind]++;
+    /* And the policy engine compiles them (products and any policies). */
+    {
+        pol_engine *engine = NULL;
+        polis_error err = {0};
+        for (size_t i = 0; i < set.n; i++)
+            CU_ASSERT_EQUAL(res_apply_defaults(json_array_get(set.docs, i)), 0);
+        CU_ASSERT_EQUAL(pol_engine_build(set.docs, NULL, &engine, &err), 0);
+        if (engine == NULL)
+            fprintf(stderr, "\n  engine: %s\n",
+                    polis_error_format(&err, buf, sizeof(buf)));
+        else
+            CU_ASSERT_EQUAL(pol_engine_product_count(engine),
+                            (size_t)count[RES_DATAPRODUCT]);
+        pol_engine_free(engine);
+    }
     CU_ASSERT_TRUE(count[RES_DOMAIN] >= 3);
     CU_ASSERT_TRUE(count[RES_DATAPRODUCT] >= 3);
     CU_ASSERT_TRUE(count[RES_PRINCIPAL] >= 3);
