@@ -6,6 +6,7 @@
 #include "controlplane/governance.h"
 #include "common/document.h"
 #include "common/resource.h"
+#include "controlplane/distribution.h"
 #include "polis/v1/governance.pb-c.h"
 
 #include <inttypes.h>
@@ -535,12 +536,41 @@ static int history_on_start(rpc_call *call, const ProtobufCMessage *msg,
     return status;
 }
 
+static int sidecars_on_start(rpc_call *call, const ProtobufCMessage *msg,
+                             void *ud)
+{
+    cp_governance *g = ud;
+    const Polis__V1__SidecarsRequest *req =
+        (const Polis__V1__SidecarsRequest *)msg;
+    Polis__V1__SidecarsResponse resp = POLIS__V1__SIDECARS_RESPONSE__INIT;
+    Polis__V1__SidecarStatus **list = NULL;
+    size_t n = 0;
+    polis_error err = {0};
+    double started = now_seconds();
+    int status = RPC_OK;
+
+    if (cp_sidecars_list(cp_store_etcd(g->store), cp_store_prefix(g->store),
+                         req->domain, &list, &n, &err) != 0) {
+        status = fail(call, &err);
+    } else {
+        resp.sidecars = list;
+        resp.n_sidecars = n;
+        if (rpc_call_send(call, &resp.base) != 0)
+            status = fail_msg(call, RPC_RESOURCE_EXHAUSTED,
+                              "the answer is over the message size limit");
+    }
+    cp_sidecars_free(list, n);
+    observe(g, "Sidecars", status, started);
+    return status;
+}
+
 static const rpc_handler governance_handlers[] = {
     {"Apply", RPC_KIND_UNARY, apply_on_start, NULL, NULL, NULL},
     {"Get", RPC_KIND_UNARY, get_on_start, NULL, NULL, NULL},
     {"List", RPC_KIND_UNARY, list_on_start, NULL, NULL, NULL},
     {"Delete", RPC_KIND_UNARY, delete_on_start, NULL, NULL, NULL},
     {"History", RPC_KIND_UNARY, history_on_start, NULL, NULL, NULL},
+    {"Sidecars", RPC_KIND_UNARY, sidecars_on_start, NULL, NULL, NULL},
 };
 
 int cp_governance_register(cp_governance *g, rpc_server *srv, polis_error *err)

@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/rpc.h"
+#include "controlplane/distribution.h"
 #include "controlplane/governance.h"
 #include "controlplane/store.h"
 
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct cp_config {
     char listen[256];
@@ -36,6 +38,10 @@ typedef struct cp_config {
     int workers;
     int shutdown_grace_ms;
     int max_documents;
+    int debounce_ms;
+    int debounce_max_ms;
+    int keepalive_ms;
+    char masking_key_file[1024];
 } cp_config;
 
 #define OPT(name, type, field, def, min, max, help)                            \
@@ -61,6 +67,15 @@ static const config_option cp_options[] = {
     OPT("workers", CONFIG_INT, workers, "4", 1, 64, "gRPC worker threads"),
     OPT("max-documents", CONFIG_INT, max_documents, "1000", 1, 100000,
         "documents in one apply"),
+    OPT("debounce-ms", CONFIG_INT, debounce_ms, "20", 1, 10000,
+        "push after this much quiet following a change"),
+    OPT("debounce-max-ms", CONFIG_INT, debounce_max_ms, "250", 1, 60000,
+        "push at most this long after the first change of a burst"),
+    OPT("keepalive-ms", CONFIG_INT, keepalive_ms, "10000", 100, 600000,
+        "keepalive period on sidecar streams (3 missed: disconnected)"),
+    OPT("masking-key-file", CONFIG_STRING, masking_key_file, "", 0, 0,
+        "key of the hash mask; empty: one kept in etcd, made at first "
+        "start"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
         "how long live calls may finish on shutdown"),
     OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
@@ -89,6 +104,7 @@ typedef struct cp_runtime {
     etcd_client *etcd;
     cp_store *store;
     cp_governance *gov;
+    cp_dist *dist;
     rpc_server *rpc;
     admin_http *admin;
 } cp_runtime;
@@ -149,6 +165,52 @@ static int start_embedded_etcd(cp_runtime *rt, polis_error *err)
     return 0;
 }
 
+static int read_key_file(const char *path, unsigned char *key, size_t cap,
+                         size_t *len, polis_error *err)
+{
+    FILE *f = fopen(path, "rb");
+
+    if (f == NULL)
+        return polis_error_set(err, POLIS_EIO, path, "cannot open: %s",
+                               strerror(errno));
+    *len = fread(key, 1, cap, f);
+    fclose(f);
+    if (*len < 16)
+        return polis_error_set(err, POLIS_EINVAL, path,
+                               "a masking key needs at least 16 bytes");
+    return 0;
+}
+
+static int start_distribution(cp_runtime *rt, polis_error *err)
+{
+    unsigned char key[256];
+    size_t key_len = 0;
+    char replica[300];
+    cp_dist_options o = {0};
+    int rc;
+
+    if (rt->conf.masking_key_file[0])
+        rc = read_key_file(rt->conf.masking_key_file, key, sizeof(key),
+                           &key_len, err);
+    else
+        rc = cp_store_masking_key(rt->store, key, sizeof(key), &key_len, err);
+    if (rc)
+        return rc;
+    gethostname(replica, 200);
+    replica[200] = '\0';
+    snprintf(replica + strlen(replica), sizeof(replica) - strlen(replica),
+             "/%s", rt->conf.listen);
+    o.debounce_ms = rt->conf.debounce_ms;
+    o.debounce_max_ms = rt->conf.debounce_max_ms;
+    o.keepalive_ms = rt->conf.keepalive_ms;
+    o.replica = replica;
+    o.masking_key = key;
+    o.masking_key_len = key_len;
+    if ((rc = cp_dist_new(rt->etcd, rt->store, rt->m, &o, &rt->dist, err)))
+        return rc;
+    return cp_dist_start(rt->dist, err);
+}
+
 static int runtime_start(cp_runtime *rt, polis_error *err)
 {
     etcd_options eo = {0};
@@ -170,11 +232,16 @@ static int runtime_start(cp_runtime *rt, polis_error *err)
     go.max_documents = (size_t)rt->conf.max_documents;
     if ((rc = cp_governance_new(rt->store, rt->m, &go, &rt->gov, err)))
         return rc;
+    if ((rc = start_distribution(rt, err)))
+        return rc;
     so.listen = rt->conf.listen;
     so.worker_threads = rt->conf.workers;
+    /* Snapshots of large policy sets exceed gRPC's default 4 MiB. */
+    so.max_message_bytes = 64 * 1024 * 1024;
     if ((rc = rpc_server_new(&so, &rt->rpc, err)))
         return rc;
-    if ((rc = cp_governance_register(rt->gov, rt->rpc, err)))
+    if ((rc = cp_governance_register(rt->gov, rt->rpc, err)) ||
+        (rc = cp_dist_register(rt->dist, rt->rpc, err)))
         return rc;
     if ((rc = rpc_server_start(rt->rpc, err))) {
         polis_error_prefix_where(err, "--listen");
@@ -200,6 +267,7 @@ static void runtime_stop(cp_runtime *rt)
         rpc_server_shutdown(rt->rpc, rt->conf.shutdown_grace_ms);
     admin_http_free(rt->admin);
     rpc_server_free(rt->rpc);
+    cp_dist_free(rt->dist);
     cp_governance_free(rt->gov);
     cp_store_free(rt->store);
     etcd_client_free(rt->etcd);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/rand.h>
 
 #define KEY_MAX       1024
 #define APPLY_RETRIES 16
@@ -367,7 +368,7 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
         etcd_txn_result state = {0}, wr = {0};
         write_plan plan = {0};
         json_t *audit_changes = json_array();
-        int64_t seq, seq_mod;
+        int64_t seq = 0, seq_mod = 0;
         size_t n_changed = 0;
         char *audit = NULL;
 
@@ -768,7 +769,7 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
         etcd_txn_result state = {0}, wr = {0};
         write_plan plan = {0};
         const etcd_kv *kv;
-        int64_t seq, seq_mod;
+        int64_t seq = 0, seq_mod = 0;
         char *rec = NULL, *doc = NULL, *audit = NULL;
         json_t *changes = NULL;
 
@@ -857,4 +858,53 @@ int cp_store_seq(cp_store *s, int64_t *seq, polis_error *err)
         *seq = rr.n ? strtoll(rr.kvs[0].value, NULL, 10) : 0;
     etcd_range_result_free(&rr);
     return rc;
+}
+
+etcd_client *cp_store_etcd(const cp_store *s)
+{
+    return s->etcd;
+}
+
+int cp_store_masking_key(cp_store *s, unsigned char *key, size_t cap,
+                         size_t *len_out, polis_error *err)
+{
+    char k[KEY_MAX];
+    unsigned char fresh[32];
+    etcd_compare absent;
+    etcd_op put, get;
+    etcd_txn_result tr = {0};
+    const etcd_range_result *rr;
+    int rc;
+
+    if (RAND_bytes(fresh, sizeof(fresh)) != 1)
+        return polis_error_set(err, POLIS_EINTERNAL, NULL,
+                               "no random bytes for the masking key");
+    snprintf(k, sizeof(k), "%smeta/masking-key", s->prefix);
+    /* Create it if absent, else read it: one txn, so every replica ends up
+     * with the same key whoever came first. */
+    absent = (etcd_compare){
+        .key = k, .target = ETCD_CMP_CREATE, .op = ETCD_CMP_EQUAL, .number = 0};
+    put = (etcd_op){.type = ETCD_OP_PUT,
+                    .key = k,
+                    .value = (const char *)fresh,
+                    .value_len = sizeof(fresh)};
+    get = (etcd_op){.type = ETCD_OP_RANGE, .key = k};
+    rc = etcd_txn(s->etcd, &absent, 1, &put, 1, &get, 1, &tr, err);
+    if (rc)
+        return rc;
+    if (tr.succeeded) {
+        *len_out = sizeof(fresh) < cap ? sizeof(fresh) : cap;
+        memcpy(key, fresh, *len_out);
+    } else {
+        rr = tr.n_responses ? &tr.responses[0] : NULL;
+        if (rr == NULL || rr->n == 0) {
+            etcd_txn_result_free(&tr);
+            return polis_error_set(err, POLIS_EPROTO, k,
+                                   "masking key vanished while read");
+        }
+        *len_out = rr->kvs[0].value_len < cap ? rr->kvs[0].value_len : cap;
+        memcpy(key, rr->kvs[0].value, *len_out);
+    }
+    etcd_txn_result_free(&tr);
+    return 0;
 }

@@ -106,4 +106,15 @@ int cp_store_count(cp_store *s, const char *kind, const char *scope,
  * moves on every change, so caches can tell whether to rebuild. */
 int cp_store_seq(cp_store *s, int64_t *seq, polis_error *err);
 
+/*
+ * The organisation's masking key (hash masks: HMAC-SHA256), created once at
+ * random under <prefix>meta/masking-key and the same for every replica.
+ * Writes at most `cap` bytes into key; *len_out receives the length.
+ */
+int cp_store_masking_key(cp_store *s, unsigned char *key, size_t cap,
+                         size_t *len_out, polis_error *err);
+
+/* The etcd client the store uses (borrowed). */
+etcd_client *cp_store_etcd(const cp_store *s);
+
 #endif
