@@ -150,6 +150,10 @@ static void run_argv(run_result *r, const char *input, const char *const *args)
     r->code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     r->out = slurp(out_path);
     r->err = slurp(err_path);
+    /* Under the sanitizer build a leak or UB in polisctl fails the test
+     * even where a non-zero exit is the expected outcome. */
+    CU_ASSERT(strstr(r->err, "Sanitizer") == NULL);
+    CU_ASSERT(strstr(r->err, "runtime error:") == NULL);
     /* Failing assertions are easier to read with what polisctl said. */
     if (getenv("POLIS_TEST_VERBOSE"))
         fprintf(stderr, "\n$ polisctl ... -> %d\n%s%s", r->code, r->out,
