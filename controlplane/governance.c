@@ -6,7 +6,10 @@
 #include "controlplane/governance.h"
 #include "common/document.h"
 #include "common/resource.h"
+#include "controlplane/checker.h"
 #include "controlplane/distribution.h"
+#include "policy/api/check.h"
+#include "policy/policy.h"
 #include "polis/v1/governance.pb-c.h"
 
 #include <inttypes.h>
@@ -22,6 +25,7 @@
 
 struct cp_governance {
     cp_store *store;
+    cp_checker *checker;
     metrics *m;
     size_t max_documents;
     size_t max_document_bytes;
@@ -37,6 +41,10 @@ int cp_governance_new(cp_store *store, metrics *m,
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     g->store = store;
     g->m = m;
+    if (cp_checker_new(store, &g->checker, err) != 0) {
+        free(g);
+        return err ? err->code : POLIS_ENOMEM;
+    }
     g->max_documents = opts && opts->max_documents ? opts->max_documents
                                                    : DEFAULT_MAX_DOCUMENTS;
     g->max_document_bytes = opts && opts->max_document_bytes
@@ -48,6 +56,9 @@ int cp_governance_new(cp_store *store, metrics *m,
 
 void cp_governance_free(cp_governance *g)
 {
+    if (g == NULL)
+        return;
+    cp_checker_free(g->checker);
     free(g);
 }
 
@@ -205,6 +216,7 @@ static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
         json_error_t jerr;
         json_t *doc = NULL;
         polis_error e = {0};
+        res_info info;
         char where[POLIS_ERROR_WHERE_MAX];
 
         if (src)
@@ -227,8 +239,10 @@ static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
         else if (!json_is_object(doc))
             polis_error_set(&e, POLIS_EINVAL, where,
                             "a document must be an object");
-        else
-            res_validate(doc, where, NULL, &e);
+        else if (res_validate(doc, where, &info, &e) == 0 &&
+                 info.kind == RES_POLICY && pol_policy_validate(doc, &e) != 0)
+            /* The rules themselves: the policy compiler's verdict. */
+            polis_error_prefix_where(&e, where);
         if (e.code)
             errors_add(errs, &e);
         /* Keep positions aligned with sources, valid or not. */
@@ -536,6 +550,24 @@ static int history_on_start(rpc_call *call, const ProtobufCMessage *msg,
     return status;
 }
 
+static int check_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
+{
+    cp_governance *g = ud;
+    const Polis__V1__CheckRequest *req = (const Polis__V1__CheckRequest *)msg;
+    Polis__V1__CheckResponse resp = POLIS__V1__CHECK_RESPONSE__INIT;
+    polis_error err = {0};
+    double started = now_seconds();
+    int status = RPC_OK;
+
+    if (cp_checker_check(g->checker, req, &resp, &err) != 0)
+        status = fail(call, &err);
+    else if (rpc_call_send(call, &resp.base) != 0)
+        status = fail_msg(call, RPC_INTERNAL, "cannot send the response");
+    check_response_clear(&resp);
+    observe(g, "Check", status, started);
+    return status;
+}
+
 static int sidecars_on_start(rpc_call *call, const ProtobufCMessage *msg,
                              void *ud)
 {
@@ -570,6 +602,7 @@ static const rpc_handler governance_handlers[] = {
     {"List", RPC_KIND_UNARY, list_on_start, NULL, NULL, NULL},
     {"Delete", RPC_KIND_UNARY, delete_on_start, NULL, NULL, NULL},
     {"History", RPC_KIND_UNARY, history_on_start, NULL, NULL, NULL},
+    {"Check", RPC_KIND_UNARY, check_on_start, NULL, NULL, NULL},
     {"Sidecars", RPC_KIND_UNARY, sidecars_on_start, NULL, NULL, NULL},
 };
 
