@@ -981,6 +981,30 @@ static void test_apply_from_stdin(void)
     run_result_clear(&r);
 }
 
+/* The repository's example mesh applies as documented (dry run: the
+ * other cases own the store's contents). */
+static void test_examples_apply(void)
+{
+    run_result r;
+
+    NEED_SERVER();
+    CTL(&r, NULL, "apply", "--dry-run", "-f",
+        POLIS_SOURCE_DIR "/examples/mesh/");
+    CU_ASSERT_EQUAL(r.code, 0);
+    CU_ASSERT(contains(r.out, "dataproduct/marketing/campaign-performance "));
+    CU_ASSERT(contains(r.out, "dataproduct/crm/customers "));
+    CU_ASSERT(contains(r.out, "principal/global/alice "));
+    CU_ASSERT(contains(r.out, "domain/global/marketing created (dry run)"));
+    {
+        char *copy = strdup(r.out), *save = NULL;
+        for (char *line = strtok_r(copy, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save))
+            CU_ASSERT(strstr(line, " (dry run)") != NULL);
+        free(copy);
+    }
+    run_result_clear(&r);
+}
+
 static void test_not_found(void)
 {
     run_result r;
@@ -1096,6 +1120,7 @@ static const test_case server_cases[] = {
     {"apply_directory_and_read_back", test_apply_directory_and_read_back},
     {"update_history_and_conflict", test_update_history_and_conflict},
     {"apply_from_stdin", test_apply_from_stdin},
+    {"examples_apply", test_examples_apply},
     {"not_found", test_not_found},
     {"delete", test_delete},
     {NULL, NULL},
