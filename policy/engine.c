@@ -157,6 +157,7 @@ typedef struct strlist {
 typedef struct rule {
     pol_rule_info info; /* first: decisions hand out &rule->info */
     uint32_t order;
+    uint32_t index; /* in its policy's spec.rules, for errors */
     bool any_subject;
     uint32_t *subjects; /* interned principal and group ids */
     strlist subject_text;
@@ -570,6 +571,7 @@ static int parse_product(build *b, const json_t *doc, size_t index)
         uint32_t k;
         int rc;
 
+        memset(col, 0, sizeof(*col));
         snprintf(path, sizeof(path), "spec.schema[%zu].name", i);
         if (cname == NULL || !valid_name(cname))
             return fail(b, POLIS_EINVAL, path, "must be a non-empty string");
@@ -973,6 +975,7 @@ static int compile_policy(build *b, const policy_ref *pr)
         if (rc != 0)
             return rc;
         r->order = (uint32_t)(e->nrules - 1);
+        r->index = (uint32_t)i;
         for (k = first; k < e->nrules - 1; k++) {
             if (strcmp(e->rules[k].info.name, r->info.name) == 0) {
                 char path[64];
@@ -1025,7 +1028,7 @@ static int index_add(build *b, product *p, uint32_t rid)
 
         if (pol_expr_check(r->filter, &schema, &perr) != 0) {
             snprintf(b->doc, sizeof(b->doc), "policy \"%s\"", r->info.policy);
-            snprintf(path, sizeof(path), "rule \"%s\" filter", r->info.name);
+            snprintf(path, sizeof(path), "spec.rules[%u].filter", r->index);
             snprintf(prefix, sizeof(prefix), "product \"%s\": ", p->id);
             return expr_fail(b, path, prefix, &perr);
         }
