@@ -190,6 +190,15 @@ static json_t *parse_json(const char *text)
     return v;
 }
 
+/* A JSON string's value, never NULL (CUnit's string asserts would crash on
+ * NULL instead of failing). */
+static const char *jstr(const json_t *v)
+{
+    const char *s = json_string_value(v);
+
+    return s ? s : "(not a string)";
+}
+
 /* The author polisctl records for USER=council-test on this host. */
 static void expected_author(char *buf, size_t len)
 {
@@ -224,26 +233,36 @@ static const char product_orders[] = "apiVersion: polis/v1\n"
                                      "      type: string\n"
                                      "      classification: [pii.email]\n";
 
+/* A global masking policy whose rule is named `rule` (the tests change the
+ * name to make a new version). */
+#define PII_POLICY(rule)                                                       \
+    "apiVersion: polis/v1\n"                                                   \
+    "kind: Policy\n"                                                           \
+    "metadata:\n"                                                              \
+    "  name: pii-masking\n"                                                    \
+    "spec:\n"                                                                  \
+    "  scope: global\n"                                                        \
+    "  rules:\n"                                                               \
+    "    - name: " rule "\n"                                                   \
+    "      effect: mask\n"                                                     \
+    "      subjects: ['*']\n"                                                  \
+    "      resources: ['*/*']\n"                                               \
+    "      mask: {method: email, classifications: [pii.email]}\n"
+
 /* Two documents in one file. */
-static const char policies_yaml[] = "apiVersion: polis/v1\n"
-                                    "kind: Policy\n"
-                                    "metadata:\n"
-                                    "  name: pii-masking\n"
-                                    "spec:\n"
-                                    "  scope: global\n"
-                                    "  rules:\n"
-                                    "    - name: mask-email\n"
-                                    "      effect: mask\n"
-                                    "---\n"
-                                    "apiVersion: polis/v1\n"
-                                    "kind: Policy\n"
-                                    "metadata:\n"
-                                    "  name: sales-readers\n"
-                                    "spec:\n"
-                                    "  scope: sales\n"
-                                    "  rules:\n"
-                                    "    - name: analysts-read\n"
-                                    "      effect: allow\n";
+static const char policies_yaml[] =
+    PII_POLICY("mask-email") "---\n"
+                             "apiVersion: polis/v1\n"
+                             "kind: Policy\n"
+                             "metadata:\n"
+                             "  name: sales-readers\n"
+                             "spec:\n"
+                             "  scope: sales\n"
+                             "  rules:\n"
+                             "    - name: analysts-read\n"
+                             "      effect: allow\n"
+                             "      subjects: ['group:analysts']\n"
+                             "      resources: ['sales/*']\n";
 
 static const char principal_json[] =
     "{\"apiVersion\": \"polis/v1\", \"kind\": \"Principal\",\n"
@@ -755,11 +774,13 @@ static void test_apply_directory_and_read_back(void)
         for (char *line = strtok_r(copy, "\n", &save); line;
              line = strtok_r(NULL, "\n", &save), lines++) {
             if (lines == 0) {
-                name_col = (size_t)(strstr(line, "NAME") - line);
+                const char *at = strstr(line, "NAME");
+                CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+                name_col = (size_t)(at - line);
                 continue;
             }
-            CU_ASSERT(strlen(line) > name_col && line[name_col - 1] == ' ' &&
-                      line[name_col] != ' ');
+            CU_ASSERT(name_col > 0 && strlen(line) > name_col &&
+                      line[name_col - 1] == ' ' && line[name_col] != ' ');
         }
         CU_ASSERT_EQUAL(lines, 6);
         free(copy);
@@ -774,15 +795,12 @@ static void test_apply_directory_and_read_back(void)
     CU_ASSERT_EQUAL(json_array_size(v), 2);
     for (size_t i = 0; i < json_array_size(v); i++) {
         json_t *it = json_array_get(v, i);
-        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(it, "kind")),
-                               "Policy");
+        CU_ASSERT_STRING_EQUAL(jstr(json_object_get(it, "kind")), "Policy");
         CU_ASSERT(json_integer_value(json_object_get(it, "revision")) > 0);
         CU_ASSERT_EQUAL(json_integer_value(json_object_get(it, "generation")),
                         1);
-        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(it, "author")),
-                               author);
-        CU_ASSERT_PTR_NOT_NULL(
-            json_string_value(json_object_get(it, "updatedAt")));
+        CU_ASSERT_STRING_EQUAL(jstr(json_object_get(it, "author")), author);
+        CU_ASSERT(json_is_string(json_object_get(it, "updatedAt")));
         CU_ASSERT(json_is_object(json_object_get(it, "document")));
     }
     json_decref(v);
@@ -793,9 +811,8 @@ static void test_apply_directory_and_read_back(void)
     CTL(&r, NULL, "list", "policy", "--scope", "sales", "-o", "json");
     v = parse_json(r.out);
     CU_ASSERT_EQUAL(json_array_size(v), 1);
-    CU_ASSERT_STRING_EQUAL(
-        json_string_value(json_object_get(json_array_get(v, 0), "name")),
-        "sales-readers");
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(json_array_get(v, 0), "name")),
+                           "sales-readers");
     json_decref(v);
     run_result_clear(&r);
 
@@ -804,15 +821,12 @@ static void test_apply_directory_and_read_back(void)
     CU_ASSERT_EQUAL(r.code, 0);
     v = parse_json(r.out);
     CU_ASSERT_FATAL(json_is_object(v));
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "scope")),
-                           "global");
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "name")),
-                           "pii-masking");
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "author")),
-                           author);
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(v, "scope")), "global");
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(v, "name")), "pii-masking");
+    CU_ASSERT_STRING_EQUAL(jstr(json_object_get(v, "author")), author);
     doc = json_object_get(v, "document");
     CU_ASSERT_STRING_EQUAL(
-        json_string_value(json_object_get(
+        jstr(json_object_get(
             json_array_get(
                 json_object_get(json_object_get(doc, "spec"), "rules"), 0),
             "name")),
@@ -830,14 +844,13 @@ static void test_apply_directory_and_read_back(void)
         CU_ASSERT_EQUAL_FATAL(
             doc_parse("out", r.out, strlen(r.out), 0, &docs, &err), 0);
         v = json_array_get(docs, 0);
-        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(v, "kind")),
-                               "DataProduct");
+        CU_ASSERT_STRING_EQUAL(jstr(json_object_get(v, "kind")), "DataProduct");
         CU_ASSERT_EQUAL(json_integer_value(json_object_get(v, "generation")),
                         1);
         doc = json_object_get(v, "document");
-        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(
-                                   json_object_get(doc, "spec"), "domain")),
-                               "sales");
+        CU_ASSERT_STRING_EQUAL(
+            jstr(json_object_get(json_object_get(doc, "spec"), "domain")),
+            "sales");
         json_decref(docs);
     }
     run_result_clear(&r);
@@ -870,10 +883,7 @@ static void test_update_history_and_conflict(void)
     NEED_SERVER();
     dir = mkdir_in("update");
     snprintf(path, sizeof(path), "%s/pii.yaml", dir);
-    write_file(path, "apiVersion: polis/v1\nkind: Policy\nmetadata:\n"
-                     "  name: pii-masking\nspec:\n  scope: global\n"
-                     "  rules:\n    - name: mask-email-v2\n"
-                     "      effect: mask\n");
+    write_file(path, PII_POLICY("mask-email-v2"));
 
     CTL(&r, NULL, "get", "policy", "pii-masking", "-o", "json");
     v = parse_json(r.out);
@@ -896,8 +906,8 @@ static void test_update_history_and_conflict(void)
     CU_ASSERT_FATAL(json_is_object(v));
     CU_ASSERT(json_integer_value(json_object_get(v, "revision")) > first_rev);
     CU_ASSERT_STRING_EQUAL(
-        json_string_value(json_object_get(
-            json_array_get(json_object_get(v, "results"), 0), "action")),
+        jstr(json_object_get(json_array_get(json_object_get(v, "results"), 0),
+                             "action")),
         "updated");
     CU_ASSERT_EQUAL(
         json_integer_value(json_object_get(
@@ -907,10 +917,7 @@ static void test_update_history_and_conflict(void)
     run_result_clear(&r);
 
     /* The same expected revision is now stale: a conflict, exit 1. */
-    write_file(path, "apiVersion: polis/v1\nkind: Policy\nmetadata:\n"
-                     "  name: pii-masking\nspec:\n  scope: global\n"
-                     "  rules:\n    - name: mask-email-v3\n"
-                     "      effect: mask\n");
+    write_file(path, PII_POLICY("mask-email-v3"));
     CTL(&r, NULL, "apply", "-f", path, "--expected-revision", rev);
     CU_ASSERT_EQUAL(r.code, 1);
     CU_ASSERT(contains(r.err, "polisctl: apply: conflict: "));
@@ -1075,9 +1082,8 @@ static void test_delete(void)
     v = parse_json(r.out);
     CU_ASSERT(json_integer_value(json_object_get(v, "revision")) > 0);
     CU_ASSERT(json_is_false(json_object_get(v, "dryRun")));
-    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(
-                               json_object_get(v, "deleted"), "name")),
-                           "orders");
+    CU_ASSERT_STRING_EQUAL(
+        jstr(json_object_get(json_object_get(v, "deleted"), "name")), "orders");
     json_decref(v);
     run_result_clear(&r);
 }
