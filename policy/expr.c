@@ -1106,6 +1106,11 @@ static int check_node(pol_expr *e, int idx, polis_error *err)
     case N_ISNULL:
         if ((rc = check_node(e, n->first, err)))
             return rc;
+        /* Presence of an attribute, whether it holds a string or a list. */
+        if (e->nodes[n->first].kind == N_SUBJECT_ATTR) {
+            e->nodes[n->first].as_list = 1;
+            e->nodes[n->first].type = POL_EXPR_LIST;
+        }
         n->type = POL_EXPR_BOOLEAN;
         return 0;
     case N_CMP:

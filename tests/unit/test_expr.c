@@ -260,6 +260,9 @@ static void test_in_like_is(void)
     ASSERT_EVAL("note is not null", POL_FALSE);
     ASSERT_EVAL("region is null", POL_FALSE);
     ASSERT_EVAL("subject.missing is null", POL_TRUE);
+    ASSERT_EVAL("subject.team is null", POL_TRUE);          /* present, null */
+    ASSERT_EVAL("subject.clearance is not null", POL_TRUE); /* a list */
+    ASSERT_EVAL("subject.region is not null", POL_TRUE);
     ASSERT_EVAL("subject.groups is not null", POL_TRUE);
     ASSERT_EVAL("request.port == 'query' and request.product == 'orders'",
                 POL_TRUE);
