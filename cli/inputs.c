@@ -115,11 +115,14 @@ static int add_doc(cli_ctx *ctx, input_set *set, const char *source,
     input_doc *slot;
     char *text;
 
-    if (set->n >= INPUT_MAX_DOCUMENTS)
+    if (set->n >= INPUT_MAX_DOCUMENTS) {
+        if (set->too_many++) /* said once is enough */
+            return 1;
         return cli_fail(ctx,
                         "%s: more than %d documents in one apply; "
                         "split them",
                         source, INPUT_MAX_DOCUMENTS);
+    }
     if (set->n == set->cap) {
         size_t cap = set->cap ? set->cap * 2 : 16;
         input_doc *grown = realloc(set->docs, cap * sizeof(*grown));
@@ -139,12 +142,15 @@ static int add_doc(cli_ctx *ctx, input_set *set, const char *source,
     }
     set->n++;
     set->total_bytes += strlen(text) + strlen(source);
-    if (set->total_bytes > INPUT_MAX_TOTAL_BYTES)
+    if (set->total_bytes > INPUT_MAX_TOTAL_BYTES) {
+        if (set->too_many++)
+            return 1;
         return cli_fail(ctx,
                         "%s: the documents add up to more than %d "
                         "bytes, over what one apply can carry; split "
                         "them",
                         source, INPUT_MAX_TOTAL_BYTES);
+    }
     return 0;
 }
 

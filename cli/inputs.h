@@ -30,6 +30,7 @@ typedef struct input_set {
     size_t total_bytes;
     size_t n_files;
     int stdin_used;
+    int too_many; /* a size limit was reported */
 } input_set;
 
 /*

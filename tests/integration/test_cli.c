@@ -514,6 +514,26 @@ static void test_local_file_errors_before_any_rpc(void)
     CU_ASSERT(strstr(r.err, "cannot reach") == NULL);
     run_result_clear(&r);
 
+    /* Over the document limit of one apply: said once, before any RPC. */
+    {
+        size_t cap = 1100 * 80, used = 0;
+        char *many = malloc(cap), *first;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(many);
+        for (int i = 1; i <= 1001; i++)
+            used += (size_t)snprintf(many + used, cap - used,
+                                     "kind: Principal\nmetadata: {name: "
+                                     "p%d}\n---\n",
+                                     i);
+        RUN(&r, many, "--server", addr, "apply", "-f", "-", "-f", dir);
+        free(many);
+        CU_ASSERT_EQUAL(r.code, 1);
+        first = strstr(r.err, "stdin#1001: more than 1000 documents");
+        CU_ASSERT(contains(r.err, "stdin#1001: more than 1000 documents"));
+        CU_ASSERT(first && strstr(first + 20, "more than 1000") == NULL);
+        CU_ASSERT(strstr(r.err, "cannot reach") == NULL);
+        run_result_clear(&r);
+    }
+
     /* A directory without documents. */
     empty = mkdir_in("empty");
     RUN(&r, NULL, "--server", addr, "apply", "-f", empty);
