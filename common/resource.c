@@ -454,15 +454,29 @@ static const json_t *string_list(vctx *c, const json_t *obj, const char *base,
     return list;
 }
 
+/* Is v a string of at most max bytes without NUL? */
+static bool short_string(const json_t *v, size_t max)
+{
+    return json_is_string(v) && json_string_length(v) <= max &&
+           strlen(json_string_value(v)) == json_string_length(v);
+}
+
+/*
+ * A map of key -> string; with `lists`, a value may also be a list of
+ * strings (list-valued subject attributes: `subject.<attr>` in policy
+ * expressions reads them with `in`).
+ */
 static const json_t *string_map(vctx *c, const json_t *obj, const char *base,
                                 const char *key,
                                 bool (*valid_key)(const char *),
-                                const char *key_rule, size_t value_max)
+                                const char *key_rule, size_t value_max,
+                                bool lists)
 {
-    char mpath[PATH_MAX_LEN], path[PATH_MAX_LEN];
+    char mpath[PATH_MAX_LEN], path[PATH_MAX_LEN], ipath[PATH_MAX_LEN];
     const json_t *map = member(c, obj, base, key, JSON_OBJECT, false);
     const char *k;
-    json_t *v;
+    json_t *v, *item;
+    size_t i;
 
     if (map == NULL)
         return NULL;
@@ -470,13 +484,24 @@ static const json_t *string_map(vctx *c, const json_t *obj, const char *base,
     json_object_foreach((json_t *)map, k, v)
     {
         join(path, mpath, k);
-        if (!valid_key(k))
+        if (!valid_key(k)) {
             fail(c, path, "invalid key \"%s\": %s", k, key_rule);
-        else if (!json_is_string(v))
-            fail(c, path, "must be a string, not %s (quote it)", type_name(v));
-        else if (json_string_length(v) > value_max ||
-                 strlen(json_string_value(v)) != json_string_length(v))
+        } else if (lists && json_is_array(v)) {
+            json_array_foreach(v, i, item)
+            {
+                if (!short_string(item, value_max))
+                    fail(c, at(ipath, path, i),
+                         "must be a string of at most %zu bytes, not %s",
+                         value_max, type_name(item));
+            }
+        } else if (!json_is_string(v)) {
+            bool scalar = !json_is_object(v) && !json_is_array(v);
+            fail(c, path, "must be a string%s, not %s%s",
+                 lists ? " or a list of strings" : "", type_name(v),
+                 scalar ? " (quote it)" : "");
+        } else if (!short_string(v, value_max)) {
             fail(c, path, "must be a string of at most %zu bytes", value_max);
+        }
     }
     return map;
 }
@@ -801,7 +826,7 @@ static void validate_principal(vctx *c, const json_t *spec)
     string_map(c, spec, "spec", "attributes", is_attribute_key,
                "use 1-63 letters, digits, '.', '_' or '-', starting with a "
                "letter",
-               TEXT_MAX);
+               TEXT_MAX, true);
     creds = member(c, spec, "spec", "credentials", JSON_OBJECT, false);
     if (creds) {
         check_fields(c, creds, "spec.credentials", cred_fields);
@@ -879,7 +904,7 @@ static void validate_doc(vctx *c, const json_t *doc, res_info *info,
         string_map(c, meta, "metadata", "labels", is_attribute_key,
                    "use 1-63 letters, digits, '.', '_' or '-', starting "
                    "with a letter",
-                   256);
+                   256, false);
         string_member(c, meta, "metadata", "description", false,
                       DESCRIPTION_MAX);
     }

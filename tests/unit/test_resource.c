@@ -177,7 +177,8 @@ static void test_valid_principal(void)
                  "metadata: {name: alice}\n"
                  "spec:\n"
                  "  groups: [analysts, Data-Team]\n"
-                 "  attributes: {region: EU, cost_center: '42'}\n"
+                 "  attributes: {region: EU, cost_center: '42',"
+                 " regions: [EU, EEA]}\n"
                  "  credentials:\n"
                  "    tokenSha256: [9c220f200955d76c0a38d308225e0ef10c5f971a"
                  "caf2f8d1d8f732affa5bd1dc]\n"
@@ -490,9 +491,13 @@ static void test_principal_errors(void)
                  "orders.yaml: spec.credentials.tokens: unknown field "
                  "(allowed: tokenSha256, certificates)");
     expect_error(ENVELOPE "kind: Principal\nmetadata: {name: a}\n"
-                          "spec: {attributes: {region: [EU]}}\n",
-                 "orders.yaml: spec.attributes.region: must be a string, "
-                 "not a list (quote it)");
+                          "spec: {attributes: {region: {a: EU}}}\n",
+                 "orders.yaml: spec.attributes.region: must be a string or "
+                 "a list of strings, not a mapping");
+    expect_error(ENVELOPE "kind: Principal\nmetadata: {name: a}\n"
+                          "spec: {attributes: {regions: [EU, 3]}}\n",
+                 "orders.yaml: spec.attributes.regions[1]: must be a string "
+                 "of at most 1024 bytes, not an integer");
     expect_error(ENVELOPE "kind: Principal\nmetadata: {name: a}\n"
                           "spec: {groups: ['data team']}\n",
                  "orders.yaml: spec.groups[0]: invalid value \"data team\": "
