@@ -197,9 +197,31 @@ typedef struct product {
     const char *name;
     column *cols;
     uint32_t ncols;
-    rulevec lists[POL_PORT_COUNT][2];
+    rulevec any[2];     /* rules for subject "*", by LIST_* */
     uint32_t last_rule; /* index build: last rule added + 1 */
 } product;
+
+/* Rules of one (product index << 32 | subject id) pair, by LIST_*, kept
+ * in the hash slot itself: one cache miss finds the lists. */
+typedef struct pair_slot {
+    uint64_t key; /* UINT64_MAX: empty */
+    rulevec lists[2];
+} pair_slot;
+
+typedef struct pair_map {
+    pair_slot *slots;
+    size_t cap, n;
+} pair_map;
+
+/* What a decision reads of every candidate rule, packed so that rules
+ * without conditions are decided without touching their full struct. */
+enum {
+    HOT_COND = 1, /* purposes, exceptions, classifications or `when` */
+};
+
+typedef struct rule_hot {
+    uint8_t effect, ports, flags;
+} rule_hot;
 
 struct pol_engine {
     arena ar;
@@ -212,6 +234,13 @@ struct pol_engine {
     uint32_t nsubjects;
     strmap column_names;
     uint32_t ncolumn_names;
+    pair_map pairs;
+    /* Bit (product, subject id) set when the pair has rules: most pairs
+     * have none, and this small table answers without a cache miss.  NULL
+     * when it would be too big (then every pair is looked up). */
+    uint64_t *pair_bits;
+    size_t pair_words; /* per product */
+    rule_hot *hot;     /* per rule */
     bool has_key;
     pol_mask_key key;
 };
@@ -1008,6 +1037,66 @@ static int rulevec_push(rulevec *v, uint32_t id)
     return 0;
 }
 
+static size_t pair_hash(const pair_map *m, uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & (m->cap - 1);
+}
+
+static const pair_slot *pair_get(const pol_engine *e, uint32_t pi, uint32_t sid)
+{
+    const pair_map *m = &e->pairs;
+    uint64_t key = (uint64_t)pi << 32 | sid;
+    size_t i;
+
+    if (m->cap == 0)
+        return NULL;
+    for (i = pair_hash(m, key); m->slots[i].key != UINT64_MAX;
+         i = (i + 1) & (m->cap - 1))
+        if (m->slots[i].key == key)
+            return &m->slots[i];
+    return NULL;
+}
+
+/* The slot of (pi, sid), created empty if new; valid until the next put. */
+static pair_slot *pair_put(pol_engine *e, uint32_t pi, uint32_t sid)
+{
+    pair_map *m = &e->pairs;
+    uint64_t key = (uint64_t)pi << 32 | sid;
+    size_t i;
+
+    if ((m->n + 1) * 2 > m->cap) {
+        pair_map bigger = {0};
+        size_t j;
+
+        bigger.cap = m->cap ? m->cap * 2 : 1024;
+        bigger.slots = malloc(bigger.cap * sizeof(pair_slot));
+        if (bigger.slots == NULL)
+            return NULL;
+        for (j = 0; j < bigger.cap; j++)
+            bigger.slots[j].key = UINT64_MAX;
+        for (j = 0; j < m->cap; j++) {
+            if (m->slots[j].key == UINT64_MAX)
+                continue;
+            for (i = pair_hash(&bigger, m->slots[j].key);
+                 bigger.slots[i].key != UINT64_MAX;
+                 i = (i + 1) & (bigger.cap - 1))
+                ;
+            bigger.slots[i] = m->slots[j];
+        }
+        bigger.n = m->n;
+        free(m->slots);
+        *m = bigger;
+    }
+    for (i = pair_hash(m, key); m->slots[i].key != UINT64_MAX;
+         i = (i + 1) & (m->cap - 1))
+        if (m->slots[i].key == key)
+            return &m->slots[i];
+    memset(&m->slots[i], 0, sizeof(pair_slot));
+    m->slots[i].key = key;
+    m->n++;
+    return &m->slots[i];
+}
+
 static int index_add(build *b, product *p, uint32_t rid)
 {
     rule *r = &b->e->rules[rid];
@@ -1015,7 +1104,7 @@ static int index_add(build *b, product *p, uint32_t rid)
         r->info.effect == POL_EFFECT_ALLOW || r->info.effect == POL_EFFECT_DENY
             ? LIST_ACCESS
             : LIST_OBLIGATION;
-    unsigned port;
+    uint32_t pi = (uint32_t)(p - b->e->products), k;
 
     if (p->last_rule == rid + 1)
         return 0; /* another resource of the same rule matched already */
@@ -1034,10 +1123,24 @@ static int index_add(build *b, product *p, uint32_t rid)
         }
         r->filter_checked = true;
     }
-    for (port = 0; port < POL_PORT_COUNT; port++)
-        if ((r->ports & (1u << port)) &&
-            rulevec_push(&p->lists[port][list], rid) != 0)
+    if (r->any_subject && rulevec_push(&p->any[list], rid) != 0)
+        return nomem(b);
+    for (k = 0; !r->any_subject && k < r->subject_text.n; k++) {
+        pair_slot *se = pair_put(b->e, pi, r->subjects[k]);
+        rulevec *v;
+
+        if (se == NULL)
             return nomem(b);
+        if (b->e->pair_bits)
+            b->e->pair_bits[pi * b->e->pair_words + r->subjects[k] / 64] |=
+                1ULL << (r->subjects[k] % 64);
+        v = &se->lists[list];
+        /* A subject listed twice in one rule. */
+        if (v->n && v->ids[v->n - 1] == rid)
+            continue;
+        if (rulevec_push(v, rid) != 0)
+            return nomem(b);
+    }
     return 0;
 }
 
@@ -1050,6 +1153,27 @@ static int build_index(build *b)
     uint32_t rid;
     int rc = 0;
 
+    e->hot = calloc(e->nrules + 1, sizeof(rule_hot));
+    if (e->hot == NULL)
+        return nomem(b);
+    e->pair_words = (e->nsubjects + 63) / 64;
+    if (e->nproducts * e->pair_words * 8 <= 4 * 1024 * 1024) {
+        e->pair_bits = calloc(e->nproducts * e->pair_words + 1, 8);
+        if (e->pair_bits == NULL)
+            return nomem(b);
+    }
+    for (rid = 0; rid < e->nrules; rid++) {
+        const rule *r = &e->rules[rid];
+
+        e->hot[rid].effect = (uint8_t)r->info.effect;
+        e->hot[rid].ports = r->ports;
+        e->hot[rid].flags = r->purposes.n || r->except_any_subject ||
+                                    r->except_subject_text.n ||
+                                    r->except_purposes.n || r->classes.n ||
+                                    r->when
+                                ? HOT_COND
+                                : 0;
+    }
     /* Products of one domain as a linked list: "d/ *" costs its products. */
     if (e->nproducts) {
         dom_next = malloc(e->nproducts * sizeof(uint32_t));
@@ -1111,7 +1235,7 @@ out:
 void pol_engine_free(pol_engine *e)
 {
     size_t i;
-    unsigned port, list;
+    unsigned list;
 
     if (e == NULL)
         return;
@@ -1119,10 +1243,16 @@ void pol_engine_free(pol_engine *e)
         pol_expr_free(e->rules[i].when);
         pol_expr_free(e->rules[i].filter);
     }
-    for (i = 0; i < e->nproducts; i++)
-        for (port = 0; port < POL_PORT_COUNT; port++)
-            for (list = 0; list < 2; list++)
-                free(e->products[i].lists[port][list].ids);
+    for (list = 0; list < 2; list++) {
+        for (i = 0; i < e->nproducts; i++)
+            free(e->products[i].any[list].ids);
+        for (i = 0; i < e->pairs.cap; i++)
+            if (e->pairs.slots[i].key != UINT64_MAX)
+                free(e->pairs.slots[i].lists[list].ids);
+    }
+    free(e->pairs.slots);
+    free(e->pair_bits);
+    free(e->hot);
     free(e->rules);
     free(e->products);
     strmap_free(&e->product_map);
@@ -1278,10 +1408,13 @@ typedef struct dcol {
  * rules the column and tag that made it apply. */
 typedef struct dmatch {
     const rule *r;
-    const char *subject;
+    uint32_t sid; /* SID_ANY for "*" */
     const char *column;
     const char *tag;
 } dmatch;
+
+#define SID_ANY  UINT32_MAX
+#define SID_NONE (UINT32_MAX - 1)
 
 struct pol_decision {
     const pol_engine *engine;
@@ -1296,6 +1429,13 @@ struct pol_decision {
     int64_t min_group;
     const rule *agg_rule;
     uint32_t ids[POL_MAX_GROUPS + 1];
+    /* Candidate lists being merged in rule order: "*" and one per id. */
+    struct cursor {
+        const uint32_t *ids;
+        uint32_t n, pos, sid;
+    } cur[POL_MAX_GROUPS + 2];
+    size_t ncur;
+    const struct pair_slot *slots[POL_MAX_GROUPS + 1]; /* per id */
     const pol_expr *filters[POL_MAX_FILTERS];
     const rule *filter_rules[POL_MAX_FILTERS];
     dmatch matched[POL_MAX_MATCHED];
@@ -1364,19 +1504,6 @@ static bool rule_matches(const dctx *c, const rule *r, dmatch *m)
     const pol_decision *d = c->d;
     uint32_t i;
 
-    m->r = r;
-    m->subject = NULL;
-    m->column = NULL;
-    m->tag = NULL;
-    if (r->any_subject) {
-        m->subject = "*";
-    } else {
-        for (i = 0; i < r->subject_text.n && !m->subject; i++)
-            if (in_ids(d, r->subjects[i]))
-                m->subject = r->subject_text.v[i];
-        if (m->subject == NULL)
-            return false;
-    }
     if (r->purposes.n && !in_list(&r->purposes, c->req->purpose))
         return false;
     if (r->except_any_subject)
@@ -1442,30 +1569,54 @@ static bool rule_reaches(const rule *r, const char *product_id)
     return false;
 }
 
-static void access_rule(dctx *c, const rule *r, dmatch *first_allow)
+/* The subject entry of r that the request matches: SID_ANY, an id, or
+ * SID_NONE (for the unindexed path). */
+static uint32_t subject_of(const pol_decision *d, const rule *r)
+{
+    uint32_t i;
+
+    if (r->any_subject)
+        return SID_ANY;
+    for (i = 0; i < r->subject_text.n; i++)
+        if (in_ids(d, r->subjects[i]))
+            return r->subjects[i];
+    return SID_NONE;
+}
+
+/* A candidate allow or deny whose subject matched as `sid`. */
+static void access_rule(dctx *c, uint32_t rid, uint32_t sid,
+                        dmatch *first_allow)
 {
     pol_decision *d = c->d;
-    dmatch m;
+    const rule_hot *h = &c->e->hot[rid];
+    dmatch m = {&c->e->rules[rid], sid, NULL, NULL};
 
-    if (!rule_matches(c, r, &m))
+    if (!(h->ports & (1u << c->req->port)))
+        return;
+    if ((h->flags & HOT_COND) && !rule_matches(c, m.r, &m))
         return;
     record(d, &m);
-    if (r->info.effect == POL_EFFECT_DENY && d->reason != POL_REASON_DENIED) {
+    if (h->effect == POL_EFFECT_DENY && d->reason != POL_REASON_DENIED) {
         d->reason = POL_REASON_DENIED;
         d->deciding = m;
-    } else if (r->info.effect == POL_EFFECT_ALLOW && first_allow->r == NULL) {
+    } else if (h->effect == POL_EFFECT_ALLOW && first_allow->r == NULL) {
         *first_allow = m;
     }
 }
 
-static int obligation_rule(dctx *c, const rule *r, polis_error *err)
+static int obligation_rule(dctx *c, uint32_t rid, uint32_t sid,
+                           polis_error *err)
 {
     pol_decision *d = c->d;
-    dmatch m;
+    const rule_hot *h = &c->e->hot[rid];
+    const rule *r = &c->e->rules[rid];
+    dmatch m = {r, sid, NULL, NULL};
     size_t k;
     bool applied = false;
 
-    if (!rule_matches(c, r, &m))
+    if (!(h->ports & (1u << c->req->port)))
+        return 0;
+    if ((h->flags & HOT_COND) && !rule_matches(c, r, &m))
         return 0;
     switch (r->info.effect) {
     case POL_EFFECT_MASK:
@@ -1518,6 +1669,56 @@ static int obligation_rule(dctx *c, const rule *r, polis_error *err)
     }
     record(d, &m);
     return 0;
+}
+
+static void open_cursors(pol_decision *d, const pol_engine *e, const product *p,
+                         int list)
+{
+    uint32_t pi = (uint32_t)(p - e->products);
+    size_t i;
+
+    d->ncur = 0;
+    if (p->any[list].n)
+        d->cur[d->ncur++] =
+            (struct cursor){p->any[list].ids, p->any[list].n, 0, SID_ANY};
+    for (i = 0; i < d->nids; i++) {
+        /* The access pass looks the pairs up; obligations reuse them. */
+        const pair_slot *se = d->slots[i];
+
+        if (list == LIST_ACCESS)
+            se = e->pair_bits &&
+                         !(e->pair_bits[pi * e->pair_words + d->ids[i] / 64] >>
+                               (d->ids[i] % 64) &
+                           1)
+                     ? NULL
+                     : pair_get(e, pi, d->ids[i]);
+
+        d->slots[i] = se;
+        if (se && se->lists[list].n)
+            d->cur[d->ncur++] = (struct cursor){
+                se->lists[list].ids, se->lists[list].n, 0, d->ids[i]};
+    }
+}
+
+/* The smallest rule id at the heads of the cursors (each rule once), or
+ * UINT32_MAX when all are exhausted. */
+/* The smallest rule id at the heads of the cursors (each rule once, with
+ * the subject it was indexed under), or UINT32_MAX when all are done. */
+static uint32_t next_candidate(pol_decision *d, uint32_t *sid)
+{
+    uint32_t best = UINT32_MAX;
+    size_t i;
+
+    for (i = 0; i < d->ncur; i++)
+        if (d->cur[i].pos < d->cur[i].n &&
+            d->cur[i].ids[d->cur[i].pos] < best) {
+            best = d->cur[i].ids[d->cur[i].pos];
+            *sid = d->cur[i].sid;
+        }
+    for (i = 0; best != UINT32_MAX && i < d->ncur; i++)
+        if (d->cur[i].pos < d->cur[i].n && d->cur[i].ids[d->cur[i].pos] == best)
+            d->cur[i].pos++;
+    return best;
 }
 
 static const product *find_product(const pol_engine *e, const char *id)
@@ -1589,7 +1790,7 @@ int pol_decide(const pol_engine *e, const pol_request *req, pol_decision *d,
     dctx c;
     const product *p;
     dmatch first_allow = {0};
-    uint32_t id;
+    uint32_t id, sid = SID_ANY;
     size_t i;
     int rc;
 
@@ -1638,10 +1839,9 @@ int pol_decide(const pol_engine *e, const pol_request *req, pol_decision *d,
         goto fail;
 
     if (p) {
-        const rulevec *v = &p->lists[req->port][LIST_ACCESS];
-
-        for (i = 0; i < v->n; i++)
-            access_rule(&c, &e->rules[v->ids[i]], &first_allow);
+        open_cursors(d, e, p, LIST_ACCESS);
+        while ((id = next_candidate(d, &sid)) != UINT32_MAX)
+            access_rule(&c, id, sid, &first_allow);
     } else {
         /* Not in the snapshot: no index, look at every rule. */
         for (i = 0; i < e->nrules; i++) {
@@ -1649,8 +1849,9 @@ int pol_decide(const pol_engine *e, const pol_request *req, pol_decision *d,
 
             if ((r->info.effect == POL_EFFECT_ALLOW ||
                  r->info.effect == POL_EFFECT_DENY) &&
-                (r->ports & (1u << req->port)) && rule_reaches(r, req->product))
-                access_rule(&c, r, &first_allow);
+                rule_reaches(r, req->product) &&
+                (sid = subject_of(d, r)) != SID_NONE)
+                access_rule(&c, (uint32_t)i, sid, &first_allow);
         }
     }
     if (d->reason == POL_REASON_DENIED) {
@@ -1668,10 +1869,9 @@ int pol_decide(const pol_engine *e, const pol_request *req, pol_decision *d,
     d->deciding = first_allow;
 
     if (p) {
-        const rulevec *v = &p->lists[req->port][LIST_OBLIGATION];
-
-        for (i = 0; i < v->n; i++)
-            if ((rc = obligation_rule(&c, &e->rules[v->ids[i]], err)) != 0)
+        open_cursors(d, e, p, LIST_OBLIGATION);
+        while ((id = next_candidate(d, &sid)) != UINT32_MAX)
+            if ((rc = obligation_rule(&c, id, sid, err)) != 0)
                 goto fail;
     } else {
         for (i = 0; i < e->nrules; i++) {
@@ -1679,9 +1879,9 @@ int pol_decide(const pol_engine *e, const pol_request *req, pol_decision *d,
 
             if (r->info.effect != POL_EFFECT_ALLOW &&
                 r->info.effect != POL_EFFECT_DENY &&
-                (r->ports & (1u << req->port)) &&
                 rule_reaches(r, req->product) &&
-                (rc = obligation_rule(&c, r, err)) != 0)
+                (sid = subject_of(d, r)) != SID_NONE &&
+                (rc = obligation_rule(&c, (uint32_t)i, sid, err)) != 0)
                 goto fail;
         }
     }
@@ -1818,7 +2018,15 @@ static void sb_rule(sbuf *s, const rule *r)
 
 static void sb_why(sbuf *s, const dmatch *m)
 {
-    sb_printf(s, " (subject %s", m->subject ? m->subject : "?");
+    const char *subject = "*";
+    uint32_t i;
+
+    for (i = 0; m->sid != SID_ANY && i < m->r->subject_text.n; i++)
+        if (m->r->subjects[i] == m->sid) {
+            subject = m->r->subject_text.v[i];
+            break;
+        }
+    sb_printf(s, " (subject %s", subject);
     if (m->tag)
         sb_printf(s, ", column %s classified %s", m->column, m->tag);
     sb_printf(s, ")");
