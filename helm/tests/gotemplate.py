@@ -79,6 +79,16 @@ def _split(name, src):
         trim_right = len(body) >= 2 and body[-1] == "-" and body[-2] in _SPACE
         if trim_right:
             body = body[:-1]
+        if "/*" in body:
+            # Go accepts a comment only right after the delimiter (and its
+            # trim marker) and only as the whole action.
+            want = " /*" if trim_left else "/*"
+            end = "*/ " if trim_right else "*/"
+            if not (body.startswith(want) and body.endswith(end)):
+                raise TemplateError("%s:%d: a comment must fill its action: "
+                                    "{{/* ... */}} or {{- /* ... */ -}}" %
+                                    (name, line))
+            body = ""
         pieces.append(["action", body, line, trim_left, trim_right])
         line += src.count("\n", start, j)
         pos = j + 2
@@ -807,6 +817,11 @@ class Engine:
         if len(args) % 2:
             raise TemplateError("%s: dict needs key/value pairs" % where)
         return {strval(args[i]): args[i + 1] for i in range(0, len(args), 2)}
+
+    def _f_has(self, where, needle, haystack):
+        if not isinstance(haystack, list):
+            raise TemplateError("%s: has in a %s" % (where, kind_of(haystack)))
+        return any(type(x) is type(needle) and x == needle for x in haystack)
 
     def _f_hasKey(self, where, d, key):
         if not isinstance(d, dict):

@@ -135,6 +135,30 @@ def check_values_refs(sources, values):
                 v = v[key]
 
 
+# Maps whose contents are Kubernetes objects or free-form: documented as a
+# whole, not key by key.
+FREE_FORM = {"resources", "podSecurityContext", "securityContext",
+             "podAnnotations", "podLabels", "documents", "annotations",
+             "nodeSelector", "affinity", "livenessProbe", "readinessProbe"}
+
+
+def check_docs(values):
+    """Every value is a row of the reference table in docs/deploy.md."""
+    with open(os.path.join(REPO, "docs", "deploy.md")) as f:
+        doc = f.read()
+
+    def walk(d, path):
+        for k, v in d.items():
+            p = path + [k]
+            if isinstance(v, dict) and v and k not in FREE_FORM:
+                walk(v, p)
+            else:
+                key = ".".join(p)
+                check("| `%s` |" % key in doc, "static",
+                      "docs/deploy.md documents `%s`" % key)
+    walk(values, [])
+
+
 def controlplane_flags():
     """The flag names of polis-controlplane, from its option table."""
     with open(os.path.join(REPO, "controlplane", "main.c")) as f:
@@ -496,6 +520,7 @@ def run(chart, base, sources, show=None):
     check(chart.get("apiVersion") == "v2" and chart.get("appVersion") ==
           "0.1.0", "static", "Chart.yaml: apiVersion v2, appVersion 0.1.0")
     check_values_refs(sources, base)
+    check_docs(base)
     try:
         engine = gotemplate.Engine(sources)
     except gotemplate.TemplateError as e:
@@ -533,7 +558,7 @@ def run(chart, base, sources, show=None):
         r = scenario_ok(engine, chart, base, sc, override, kinds, extra)
         if r and show == sc:
             for name, text in r[0].items():
-                print("# Source: polis/%s%s" % (name, text))
+                print("---\n# Source: polis/%s\n%s" % (name, text))
             print("# NOTES.txt\n" + r[1])
 
     refusals = [
@@ -551,6 +576,8 @@ def run(chart, base, sources, show=None):
          "replicas must be 1"),
         ("refuse-anti-affinity", {"etcd": {"antiAffinity": "maybe"}},
          "hard or soft"),
+        ("refuse-cluster-state", {"etcd": {"initialClusterState": "old"}},
+         "new or existing"),
     ]
     for sc, override, expect in refusals:
         scenario_fails(engine, chart, base, sc, override, expect)
