@@ -952,6 +952,9 @@ static int parse_policy_head(build *b, const json_t *doc, size_t index,
         return fail(b, POLIS_EINVAL, "spec", "must be an object");
     if ((rc = check_keys(b, spec, "spec", spec_keys)) != 0)
         return rc;
+    /* The control plane writes the default in; a bare document means it. */
+    if (json_object_get(spec, "scope") == NULL)
+        scope = "global";
     if (scope == NULL || !valid_name(scope) || strchr(scope, '/') ||
         has_glob(scope))
         return fail(b, POLIS_EINVAL, "spec.scope",

@@ -586,7 +586,7 @@ static const build_error build_errors[] = {
      "`spec`:{`scope`:`global`,`rules`:[]}}]",
      POLIS_EINVAL, "documents[0]: metadata.name", "must be a non-empty string"},
     {"[{`apiVersion`:`polis/v1`,`kind`:`Policy`,`metadata`:{`name`:`p`},"
-     "`spec`:{`rules`:[]}}]",
+     "`spec`:{`scope`:`sales/x`,`rules`:[]}}]",
      POLIS_EINVAL, "policy \"p\": spec.scope",
      "must be \"global\" or a domain name"},
     {"[" R0("`effect`:`allow`,`subjects`:[`*`],`resources`:[`sales`]") "]",
@@ -761,6 +761,28 @@ static void test_validate(void)
     json_decref(notpolicy);
 }
 
+/* A Policy without spec.scope is global (the control plane's default). */
+static void test_scope_defaults_to_global(void)
+{
+    json_t *docs = json_array();
+    pol_engine *e = NULL;
+    pol_decision *d = pol_decision_new();
+    pol_request req = {
+        {"ann", NULL, 0, NULL, 0}, "hr/x", POL_PORT_QUERY, NULL, NULL, 0};
+
+    json_array_append_new(
+        docs, J("{`apiVersion`:`polis/v1`,`kind`:`Policy`,"
+                "`metadata`:{`name`:`p`},`spec`:{`rules`:[{`name`:`r`,"
+                "`effect`:`allow`,`subjects`:[`ann`],`resources`:[`*`]}]}}"));
+    CU_ASSERT_EQUAL_FATAL(pol_engine_build(docs, NULL, &e, NULL), 0);
+    CU_ASSERT_EQUAL(pol_decide(e, &req, d, NULL), 0);
+    CU_ASSERT_TRUE(pol_decision_allowed(d));
+    CU_ASSERT_STRING_EQUAL(pol_decision_deciding_rule(d)->scope, "global");
+    pol_decision_free(d);
+    pol_engine_free(e);
+    json_decref(docs);
+}
+
 static void test_decide_errors(void)
 {
     pol_decision *d = pol_decision_new();
@@ -889,6 +911,7 @@ static const test_case policy_cases[] = {
     {"explain", test_explain},
     {"json", test_json},
     {"validate", test_validate},
+    {"scope_defaults_to_global", test_scope_defaults_to_global},
     {"decide_errors", test_decide_errors},
     {"filters_evaluate", test_filters_evaluate},
     {"hash_key_from_options", test_hash_key_from_options},
