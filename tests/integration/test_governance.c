@@ -980,8 +980,8 @@ static void test_expected_revision_one_winner(void)
     free(vb);
 }
 
-#define BURST_THREADS 8
-#define BURST_EACH    10
+#define BURST_THREADS 16
+#define BURST_EACH    25
 
 typedef struct burster {
     int id;

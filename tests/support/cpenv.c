@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_START_TIMEOUT_MS 20000
 #define DEFAULT_STOP_GRACE_MS    5000
@@ -229,6 +230,13 @@ cpenv *cpenv_start(const cpenv_options *opts)
              env->grpc_port);
     snprintf(env->admin_url, sizeof(env->admin_url), "http://127.0.0.1:%d",
              env->admin_port);
+    if (access(env->binary, X_OK) != 0) {
+        fprintf(stderr,
+                "cpenv: %s is missing or not executable (build the "
+                "polis-controlplane target first)\n",
+                env->binary);
+        goto fail;
+    }
     if (build_argv(env, o) != 0) {
         fprintf(stderr, "cpenv: too many arguments\n");
         goto fail;
