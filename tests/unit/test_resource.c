@@ -899,6 +899,107 @@ static void load_examples(const char *dir, example_set *set)
     closedir(d);
 }
 
+/* Load every example (parsed, validated, defaults applied) into *set. */
+static void load_example_set(example_set *set)
+{
+    set->docs = json_array();
+    load_examples(POLIS_SOURCE_DIR "/examples", set);
+    for (size_t i = 0; i < set->n; i++)
+        res_apply_defaults(json_array_get(set->docs, i));
+}
+
+static void free_example_set(example_set *set)
+{
+    for (size_t i = 0; i < set->n; i++)
+        free(set->sources[i]);
+    free(set->sources);
+    json_decref(set->docs);
+}
+
+/* Decide one request of a demo principal; returns the explanation. */
+static const char *decide(const pol_engine *engine, pol_decision *d,
+                          const char *who, const char *group,
+                          const char *region, const char *product,
+                          pol_port port, const char *purpose, char *buf,
+                          size_t len)
+{
+    const char *groups[] = {group};
+    pol_expr_attr attr = {"region", false, region, NULL, 0};
+    pol_request req;
+    polis_error err = {0};
+
+    memset(&req, 0, sizeof(req));
+    req.subject.name = who;
+    req.subject.groups = groups;
+    req.subject.ngroups = group ? 1 : 0;
+    req.subject.attrs = region ? &attr : NULL;
+    req.subject.nattrs = region ? 1 : 0;
+    req.product = product;
+    req.port = port;
+    req.purpose = purpose;
+    CU_ASSERT_EQUAL(pol_decide(engine, &req, d, &err), 0);
+    pol_decision_explain(d, buf, len);
+    return buf;
+}
+
+/* The example policies do what examples/mesh/policies.yaml says. */
+static void test_example_policies_behave_as_documented(void)
+{
+    example_set set = {NULL, NULL, 0, 0};
+    pol_engine *engine = NULL;
+    pol_decision *d = pol_decision_new();
+    polis_error err = {0};
+    char buf[2048];
+
+    load_example_set(&set);
+    CU_ASSERT_EQUAL_FATAL(pol_engine_build(set.docs, NULL, &engine, &err), 0);
+    CU_ASSERT_TRUE(pol_engine_rule_count(engine) >= 5);
+
+    /* alice: EU orders only, e-mail and card masked. */
+    decide(engine, d, "alice", "analysts", "EU", "sales/orders", POL_PORT_QUERY,
+           NULL, buf, sizeof(buf));
+    CU_ASSERT_TRUE(pol_decision_allowed(d));
+    CU_ASSERT_EQUAL(pol_decision_mask_count(d), 2);
+    CU_ASSERT_EQUAL(pol_decision_filter_count(d), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "column customer_email masked (email)"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(buf, "column card_number masked (show_last)"));
+    /* ... but not the CSV extracts (the sales domain's own rule). */
+    decide(engine, d, "alice", "analysts", "EU", "sales/orders", POL_PORT_FILE,
+           NULL, buf, sizeof(buf));
+    CU_ASSERT_FALSE(pol_decision_allowed(d));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "sales/sales-extracts"));
+    /* ... and no personal data for marketing. */
+    decide(engine, d, "alice", "analysts", "EU", "crm/customers",
+           POL_PORT_QUERY, "marketing", buf, sizeof(buf));
+    CU_ASSERT_FALSE(pol_decision_allowed(d));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "no-personal-data-for-marketing"));
+
+    /* bob: the extracts, card masked, e-mail not. */
+    decide(engine, d, "bob", "managers", "US", "sales/orders", POL_PORT_FILE,
+           NULL, buf, sizeof(buf));
+    CU_ASSERT_TRUE(pol_decision_allowed(d));
+    CU_ASSERT_EQUAL(pol_decision_mask_count(d), 1);
+    CU_ASSERT_EQUAL(pol_decision_filter_count(d), 1);
+
+    /* carol: everything, unmasked, unfiltered. */
+    decide(engine, d, "carol", "privacy", "EU", "crm/customers", POL_PORT_QUERY,
+           "marketing", buf, sizeof(buf));
+    CU_ASSERT_TRUE(pol_decision_allowed(d));
+    CU_ASSERT_EQUAL(pol_decision_mask_count(d), 0);
+    CU_ASSERT_EQUAL(pol_decision_filter_count(d), 0);
+
+    /* nobody else. */
+    decide(engine, d, "mallory", NULL, NULL, "sales/orders", POL_PORT_QUERY,
+           NULL, buf, sizeof(buf));
+    CU_ASSERT_FALSE(pol_decision_allowed(d));
+    CU_ASSERT_EQUAL(pol_decision_reason(d), POL_REASON_DEFAULT_DENY);
+
+    pol_decision_free(d);
+    pol_engine_free(engine);
+    free_example_set(&set);
+}
+
 static void test_examples_validate(void)
 {
     example_set set = {json_array(), NULL, 0, 0};
@@ -937,6 +1038,7 @@ static void test_examples_validate(void)
     CU_ASSERT_TRUE(count[RES_DOMAIN] >= 3);
     CU_ASSERT_TRUE(count[RES_DATAPRODUCT] >= 3);
     CU_ASSERT_TRUE(count[RES_PRINCIPAL] >= 3);
+    CU_ASSERT_TRUE(count[RES_POLICY] >= 2);
     for (size_t i = 0; i < set.n; i++)
         free(set.sources[i]);
     free(set.sources);
@@ -983,6 +1085,8 @@ static const test_case misc_cases[] = {
      test_defaults_make_policy_scope_explicit},
     {"etcd_keys", test_etcd_keys},
     {"examples_validate", test_examples_validate},
+    {"example_policies_behave_as_documented",
+     test_example_policies_behave_as_documented},
     {NULL, NULL},
 };
 
