@@ -1343,6 +1343,14 @@ static void test_embedded_etcd(void)
         if (pid_running(kids[i]))
             kill(kids[i], SIGKILL); /* do not leak it past the test */
     }
+    /* Stopped, not killed: etcd logged its own orderly shutdown. */
+    {
+        char path[700];
+        snprintf(path, sizeof(path), "%s/etcd.log", e->data_dir);
+        log = testenv_file_tail(path, 4000);
+        CU_ASSERT(contains(log, "shutting down"));
+        free(log);
+    }
     /* The data stays in --data-dir/etcd for the next start. */
     CU_ASSERT_EQUAL(cpenv_restart(e), 0);
     if (e->proc) {
