@@ -15,9 +15,10 @@
 #include <stdio.h>
 
 /* Exit codes: the contract scripts rely on (docs/cli.md). */
-#define CLI_EXIT_OK    0
-#define CLI_EXIT_ERROR 1 /* the operation failed (local or server side) */
-#define CLI_EXIT_USAGE 2 /* the command line is wrong */
+#define CLI_EXIT_OK     0
+#define CLI_EXIT_ERROR  1 /* the operation failed (local or server side) */
+#define CLI_EXIT_USAGE  2 /* the command line is wrong */
+#define CLI_EXIT_DENIED 3 /* check --exit-code: the request was denied */
 
 #define CLI_DEFAULT_SERVER     "127.0.0.1:7400"
 #define CLI_DEFAULT_TIMEOUT_MS 10000
@@ -122,6 +123,12 @@ int cmd_get(cli_ctx *ctx, const cli_args *args);
 int cmd_list(cli_ctx *ctx, const cli_args *args);
 int cmd_delete(cli_ctx *ctx, const cli_args *args);
 int cmd_history(cli_ctx *ctx, const cli_args *args);
+
+/* cmd_check.c: decide one request and explain it (Governance.Check). */
+int cmd_check(cli_ctx *ctx, const cli_args *args);
+
+/* cmd_sidecars.c: the sidecars' sync status (Governance.Sidecars). */
+int cmd_sidecars(cli_ctx *ctx, const cli_args *args);
 
 /*
  * Parse a number flag: an integer in [min, max].  On a bad value prints a

@@ -70,6 +70,24 @@ static const cli_flag history_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const cli_flag check_flags[] = {
+    {"principal", 0, "NAME", "who asks: a Principal's name (required)"},
+    {"product", 0, "DOMAIN/PRODUCT",
+     "what is asked for, e.g. sales/orders (required)"},
+    {"port", 0, "PORT", "query (default), file, event or http"},
+    {"purpose", 0, "PURPOSE", "why, e.g. analytics (default: none given)"},
+    {"columns", 0, "A,B,...",
+     "only these columns (default: every column of the product); "
+     "repeatable"},
+    {"exit-code", 0, NULL, "exit 3 when the request is denied"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const cli_flag sidecars_flags[] = {
+    {"domain", 0, "DOMAIN", "only this domain's sidecars"},
+    {NULL, 0, NULL, NULL},
+};
+
 static const cli_flag no_flags[] = {
     {NULL, 0, NULL, NULL},
 };
@@ -81,8 +99,8 @@ static int cmd_help(cli_ctx *ctx, const cli_args *args);
     "KIND is domain, dataproduct (product, dp), policy or principal; "         \
     "plurals and\nany letter case are accepted.\n"
 
-/* Later issues add check, sidecars, access, lineage, audit and rollback
- * here: one entry each, with their run function in a cmd_*.c file. */
+/* Later issues add access, lineage, audit and rollback here: one entry
+ * each, with their run function in a cmd_*.c file. */
 static const cli_verb verbs[] = {
     {"apply",
      "apply -f FILE|DIR|- [-f ...] [--dry-run] "
@@ -133,6 +151,35 @@ static const cli_verb verbs[] = {
                 "  polisctl history policy pii-masking\n"
                 "  polisctl history domain sales --limit 5 -o yaml\n",
      history_flags, 2, 2, cmd_history},
+    {"check",
+     "check --principal NAME --product DOMAIN/PRODUCT [--port PORT]\n"
+     "                [--purpose PURPOSE] [--columns A,B,...] [--exit-code]",
+     "decide an access request against the stored policies and explain it",
+     "The control plane decides as a sidecar would, with the policies and "
+     "data\nproducts stored now: allowed or denied, by which rule, which "
+     "columns are\nmasked and how, the row filters, the minimum group size, "
+     "every rule that\nmatched, and the revision the decision used.\n\n"
+     "A denial is an answer: polisctl exits 0 either way, unless --exit-code "
+     "is\ngiven (then a denial exits 3).\n\n"
+     "Examples:\n"
+     "  polisctl check --principal alice --product sales/orders\n"
+     "  polisctl check --principal bob --product crm/customers --port file "
+     "\\\n      --purpose analytics --columns email,region -o json\n"
+     "  polisctl check --principal ci-bot --product sales/orders --exit-code "
+     "\\\n      || echo denied\n",
+     check_flags, 0, 0, cmd_check},
+    {"sidecars", "sidecars [--domain DOMAIN]",
+     "show the sidecars and whether they enforce the newest policies",
+     "STATE is SYNCED (applied the newest snapshot), SYNCING (one was sent, "
+     "no\nanswer yet), STALE (sent over 5 s ago, still no answer), NACKED "
+     "(rejected\nthe newest snapshot: see ERROR; it keeps enforcing the "
+     "previous one) or\nDISCONNECTED (kept for 5 minutes after the stream "
+     "ended).  APPLIED and\nLATEST are snapshot revisions; AGE is the time "
+     "since the control plane last\nrecorded the sidecar's status.\n\n"
+     "Examples:\n"
+     "  polisctl sidecars\n"
+     "  polisctl sidecars --domain sales -o json\n",
+     sidecars_flags, 0, 0, cmd_sidecars},
     {"version", "version", "print the polisctl version",
      "Examples:\n  polisctl version\n", no_flags, 0, 0, cmd_version},
     {"help", "help [VERB]", "show help for polisctl or one verb",
@@ -202,7 +249,8 @@ static void print_main_help(FILE *f)
             "given\n"
             "  USER           the author recorded with every change "
             "(user@host)\n\n"
-            "Exit status: 0 success, 1 error, 2 usage error.\n\n"
+            "Exit status: 0 success, 1 error, 2 usage error, 3 denied "
+            "(check --exit-code).\n\n"
             "Examples:\n"
             "  polisctl apply -f mesh/\n"
             "  polisctl list policies\n"
