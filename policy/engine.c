@@ -1447,7 +1447,11 @@ struct pol_decision {
 
 pol_decision *pol_decision_new(void)
 {
-    return calloc(1, sizeof(pol_decision));
+    pol_decision *d = calloc(1, sizeof(pol_decision));
+
+    if (d)
+        d->reason = POL_REASON_DEFAULT_DENY; /* nothing decided yet */
+    return d;
 }
 
 void pol_decision_free(pol_decision *d)
@@ -2127,15 +2131,17 @@ json_t *pol_decision_to_json(const pol_decision *d)
 {
     json_t *o = json_object(), *cols = json_array(), *filters = json_array(),
            *matched = json_array();
-    char text[4096];
-    size_t i;
+    size_t i, n = pol_decision_explain(d, NULL, 0) + 1;
+    char *text = malloc(n);
 
-    if (!o || !cols || !filters || !matched)
+    if (!o || !cols || !filters || !matched || !text)
         goto fail;
-    pol_decision_explain(d, text, sizeof(text));
+    pol_decision_explain(d, text, n);
     json_object_set_new(o, "allowed", json_boolean(d->allowed));
     json_object_set_new(o, "reason", json_string(reason_names[d->reason]));
     json_object_set_new(o, "explanation", json_string(text));
+    free(text);
+    text = NULL;
     if (d->product)
         json_object_set_new(o, "product", json_string(d->product));
     if (d->principal)
@@ -2178,6 +2184,7 @@ json_t *pol_decision_to_json(const pol_decision *d)
     json_object_set_new(o, "matchedTruncated", json_boolean(d->truncated));
     return o;
 fail:
+    free(text);
     json_decref(o);
     json_decref(cols);
     json_decref(filters);

@@ -238,8 +238,9 @@ typedef enum pol_reason {
 /*
  * A reusable decision: bounded arrays inside, so that pol_decide does not
  * allocate.  One decision per thread; reuse it for every request.  It
- * borrows from the engine and from the request (column names) it was
- * decided with: keep both alive while reading it.
+ * borrows from the engine and from the request it was decided with (its
+ * strings: product, principal, purpose, column names): keep both alive
+ * while reading it.  A new decision reads as a default deny.
  */
 typedef struct pol_decision pol_decision;
 

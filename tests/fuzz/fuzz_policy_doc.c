@@ -11,7 +11,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void decide_some(const pol_engine *e)
+static void decide_some(const pol_engine *e, const uint8_t *data, size_t size)
 {
     static const char *const groups[] = {"analysts", "sales"};
     static const char *const tags[] = {"pii.email"};
@@ -44,9 +44,11 @@ static void decide_some(const pol_engine *e)
             size_t len;
             bool is_null;
 
+            /* The fuzz bytes themselves as a value: odd UTF-8 and all. */
             if (m)
-                pol_mask_apply(m, pol_engine_mask_key(e), "jo@example.com", 14,
-                               out, sizeof(out), &len, &is_null);
+                pol_mask_apply(m, pol_engine_mask_key(e), (const char *)data,
+                               size < 48 ? size : 48, out, sizeof(out), &len,
+                               &is_null);
         }
     }
     pol_decision_free(d);
@@ -70,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         doc = arr;
     }
     if (pol_engine_build(doc, &opts, &e, &err) == 0) {
-        decide_some(e);
+        decide_some(e, data, size);
         pol_engine_free(e);
     }
     json_decref(doc);

@@ -668,6 +668,10 @@ static void test_explain(void)
                          "query", NULL,       "",          0,
                          NULL,    "",         0,           0};
 
+    /* A decision never decided reads as a default deny. */
+    CU_ASSERT_FALSE(pol_decision_allowed(d));
+    pol_decision_explain(d, buf, sizeof(buf));
+    CU_ASSERT_STRING_EQUAL(buf, "denied: no rule allows (default deny)");
     CU_ASSERT_EQUAL(decide_row(&deny, &s, d), 0);
     pol_decision_explain(d, buf, sizeof(buf));
     CU_ASSERT_STRING_EQUAL(buf, "denied: no rule allows (default deny)");
