@@ -6,6 +6,7 @@
  * stream the test drives itself (hello, snapshot, ACK, NACK, hang-up).
  */
 #include "common/document.h"
+#include "common/etcd.h"
 #include "common/rpc.h"
 #include "polis/v1/distribution.pb-c.h"
 #include "tests/support/cpenv.h"
@@ -881,13 +882,14 @@ static json_t *wait_state(fake_sidecar *s, const char *state)
     return NULL;
 }
 
-/* The table row of our sidecar, split on runs of spaces into cells. */
-static size_t table_row(const char *out, char cells[][128], size_t max)
+/* The table row of sidecar `id`, split on runs of spaces into cells. */
+static size_t table_row(const char *out, const char *id, char cells[][128],
+                        size_t max)
 {
     char line[1024];
     size_t n = 0;
 
-    line_starting(out, SIDECAR_ID, line, sizeof(line));
+    line_starting(out, id, line, sizeof(line));
     /* ERROR may hold single spaces: cells are separated by 3 or more. */
     for (char *p = line; *p && n < max;) {
         char *gap = strstr(p, "   ");
@@ -953,7 +955,7 @@ static void test_sidecars_synced_nacked_disconnected(void)
     CU_ASSERT_EQUAL(r.code, 0);
     CU_ASSERT(contains(r.out, "ID "));
     CU_ASSERT(contains(r.out, "CONTROL PLANE"));
-    n = table_row(r.out, cells, 10);
+    n = table_row(r.out, SIDECAR_ID, cells, 10);
     CU_ASSERT_EQUAL(n, 8);
     if (n == 8) {
         size_t age_len = strlen(cells[5]);
@@ -1007,7 +1009,7 @@ static void test_sidecars_synced_nacked_disconnected(void)
 
     CTL(&r, "sidecars");
     CU_ASSERT_EQUAL(r.code, 0);
-    n = table_row(r.out, cells, 10);
+    n = table_row(r.out, SIDECAR_ID, cells, 10);
     CU_ASSERT_EQUAL(n, 8);
     if (n == 8) {
         CU_ASSERT_STRING_EQUAL(cells[2], "NACKED");
@@ -1039,6 +1041,98 @@ static void test_sidecars_synced_nacked_disconnected(void)
         protobuf_c_message_free_unpacked(&snap2->base, NULL);
 }
 
+/* An RFC 3339 UTC time `ago_s` seconds back, as the control plane writes
+ * lastSeen. */
+static void time_ago(double ago_s, char *buf, size_t len)
+{
+    time_t t = time(NULL) - (time_t)ago_s;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
+}
+
+/*
+ * Older sidecars than a test can wait for: status records written to etcd
+ * as the control plane writes them (DESIGN.md: <prefix>sidecars/<id>), seen
+ * 5 minutes, 2 hours and 3 days ago, one of them stuck on a push nobody
+ * answered (STALE).  AGE shows the largest whole unit.
+ */
+static void test_sidecars_age_and_states(void)
+{
+    static const struct {
+        const char *id, *state;
+        double ago_s;
+        long long applied, latest, pushed_ago_ms;
+        const char *age, *shown_state;
+    } recs[] = {
+        {"age-test-minutes", "CONNECTED", 5 * 60 + 30, 3, 3, 0, "5m", "SYNCED"},
+        {"age-test-hours", "CONNECTED", 2 * 3600 + 300, 3, 7, 60000, "2h",
+         "STALE"},
+        {"age-test-days", "DISCONNECTED", 3 * 86400 + 10, 0, 7, 0, "3d",
+         "DISCONNECTED"},
+    };
+    etcd_options eo = {.endpoints = cp->etcd_endpoints};
+    etcd_client *etcd = NULL;
+    polis_error err = {0};
+    run_result r;
+    json_t *v;
+
+    NEED_SERVER();
+    CU_ASSERT_EQUAL_FATAL(etcd_client_new(&eo, &etcd, &err), 0);
+    for (size_t i = 0; i < sizeof(recs) / sizeof(recs[0]); i++) {
+        char key[128], seen[40], *text;
+        json_t *rec;
+
+        time_ago(recs[i].ago_s, seen, sizeof(seen));
+        rec = json_pack(
+            "{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:s,s:s}", "id",
+            recs[i].id, "domain", "marketing", "address", "", "controlplane",
+            "cp-elsewhere", "version", "0.1.0", "state", recs[i].state,
+            "appliedRevision", (json_int_t)recs[i].applied, "latestRevision",
+            (json_int_t)recs[i].latest, "pushedAtMs",
+            (json_int_t)((double)time(NULL) * 1000 - recs[i].pushed_ago_ms),
+            "lastError", "", "lastSeen", seen, "connectedSince", seen);
+        text = json_dumps(rec, JSON_COMPACT);
+        snprintf(key, sizeof(key), "/polis/sidecars/%s", recs[i].id);
+        CU_ASSERT_EQUAL(etcd_put(etcd, key, text, strlen(text), 0, NULL, &err),
+                        0);
+        free(text);
+        json_decref(rec);
+    }
+
+    CTL(&r, "sidecars", "--domain", "marketing");
+    CU_ASSERT_EQUAL(r.code, 0);
+    for (size_t i = 0; i < sizeof(recs) / sizeof(recs[0]); i++) {
+        char cells[10][128];
+
+        if (table_row(r.out, recs[i].id, cells, 10) != 8) {
+            CU_FAIL("the row does not have 8 cells");
+            continue;
+        }
+        CU_ASSERT_STRING_EQUAL(cells[2], recs[i].shown_state);
+        CU_ASSERT_STRING_EQUAL(cells[5], recs[i].age);
+        CU_ASSERT_STRING_EQUAL(cells[6], "cp-elsewhere");
+    }
+    /* No revision applied shows as "-". */
+    CU_ASSERT(contains(r.out, "DISCONNECTED   -         7 "));
+    run_result_clear(&r);
+
+    CTL(&r, "sidecars", "--domain", "marketing", "-o", "json");
+    CU_ASSERT_EQUAL(r.code, 0);
+    v = parse_json(r.out);
+    CU_ASSERT_EQUAL(json_array_size(v), 3);
+    json_decref(v);
+    run_result_clear(&r);
+
+    for (size_t i = 0; i < sizeof(recs) / sizeof(recs[0]); i++) {
+        char key[128];
+        snprintf(key, sizeof(key), "/polis/sidecars/%s", recs[i].id);
+        etcd_delete(etcd, key, false, NULL, NULL, &err);
+    }
+    etcd_client_free(etcd);
+}
+
 /* ------------------------------------------------------------------------ */
 
 static const test_case usage_cases[] = {
@@ -1057,6 +1151,7 @@ static const test_case server_cases[] = {
     {"check_denied_by_rule", test_check_denied_by_rule},
     {"check_unknown_principal", test_check_unknown_principal},
     {"sidecars_none", test_sidecars_none},
+    {"sidecars_age_and_states", test_sidecars_age_and_states},
     {"sidecars_synced_nacked_disconnected",
      test_sidecars_synced_nacked_disconnected},
     {NULL, NULL},
