@@ -173,7 +173,7 @@ static const cli_verb verbs[] = {
      "STATE is SYNCED (applied the newest snapshot), SYNCING (one was sent, "
      "no\nanswer yet), STALE (sent over 5 s ago, still no answer), NACKED "
      "(rejected\nthe newest snapshot: see ERROR; it keeps enforcing the "
-     "previous one) or\nDISCONNECTED (kept for 5 minutes after the stream "
+     "previous one) or\nDISCONNECTED (kept up to 5 minutes after the stream "
      "ended).  APPLIED and\nLATEST are snapshot revisions; AGE is the time "
      "since the control plane last\nrecorded the sidecar's status.\n\n"
      "Examples:\n"
