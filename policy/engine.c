@@ -66,9 +66,22 @@ static void arena_free(arena *a)
 
 /* ---- string map: open addressing, string -> uint32 ----------------------- */
 
+/*
+ * Keys up to 16 bytes are copied into the slot, and every slot keeps its
+ * hash: a lookup of a principal or group name usually costs one cache
+ * miss, with no string compare on a collision.
+ */
+#define STRMAP_INLINE 16
+
+typedef struct strmap_slot {
+    uint64_t hash;
+    uint32_t len, val;
+    const char *key; /* NULL: empty slot */
+    char inl[STRMAP_INLINE];
+} strmap_slot;
+
 typedef struct strmap {
-    const char **keys;
-    uint32_t *vals;
+    strmap_slot *slots;
     size_t cap, n;
 } strmap;
 
@@ -84,66 +97,83 @@ static uint64_t hash_bytes(const char *s, size_t len)
     return h ^ (h >> 29);
 }
 
+static bool slot_is(const strmap_slot *sl, uint64_t h, const char *s,
+                    size_t len)
+{
+    return sl->hash == h && sl->len == len &&
+           memcmp(len <= STRMAP_INLINE ? sl->inl : sl->key, s, len) == 0;
+}
+
 static bool strmap_get(const strmap *m, const char *s, size_t len,
                        uint32_t *val)
 {
+    uint64_t h;
     size_t i;
 
     if (m->cap == 0)
         return false;
-    i = hash_bytes(s, len) & (m->cap - 1);
-    while (m->keys[i]) {
-        if (strncmp(m->keys[i], s, len) == 0 && m->keys[i][len] == '\0') {
-            *val = m->vals[i];
+    h = hash_bytes(s, len);
+    for (i = h & (m->cap - 1); m->slots[i].key; i = (i + 1) & (m->cap - 1))
+        if (slot_is(&m->slots[i], h, s, len)) {
+            *val = m->slots[i].val;
             return true;
         }
-        i = (i + 1) & (m->cap - 1);
-    }
     return false;
+}
+
+static void strmap_place(strmap *m, const strmap_slot *sl)
+{
+    size_t i;
+
+    for (i = sl->hash & (m->cap - 1); m->slots[i].key;
+         i = (i + 1) & (m->cap - 1))
+        ;
+    m->slots[i] = *sl;
+    m->n++;
 }
 
 /* `key` must outlive the map.  Replaces an existing value. */
 static int strmap_put(strmap *m, const char *key, uint32_t val)
 {
     size_t i, len = strlen(key);
+    uint64_t h = hash_bytes(key, len);
+    strmap_slot sl = {0};
 
+    if (len > UINT32_MAX)
+        return POLIS_ETOOBIG;
+    for (i = h & (m->cap - 1); m->cap && m->slots[i].key;
+         i = (i + 1) & (m->cap - 1))
+        if (slot_is(&m->slots[i], h, key, len)) {
+            m->slots[i].val = val;
+            return 0;
+        }
     if ((m->n + 1) * 2 > m->cap) {
         strmap bigger = {0};
         size_t j;
 
         bigger.cap = m->cap ? m->cap * 2 : 16;
-        bigger.keys = calloc(bigger.cap, sizeof(*bigger.keys));
-        bigger.vals = calloc(bigger.cap, sizeof(*bigger.vals));
-        if (!bigger.keys || !bigger.vals) {
-            free(bigger.keys);
-            free(bigger.vals);
+        bigger.slots = calloc(bigger.cap, sizeof(strmap_slot));
+        if (bigger.slots == NULL)
             return POLIS_ENOMEM;
-        }
         for (j = 0; j < m->cap; j++)
-            if (m->keys[j])
-                strmap_put(&bigger, m->keys[j], m->vals[j]);
-        free(m->keys);
-        free(m->vals);
+            if (m->slots[j].key)
+                strmap_place(&bigger, &m->slots[j]);
+        free(m->slots);
         *m = bigger;
     }
-    i = hash_bytes(key, len) & (m->cap - 1);
-    while (m->keys[i]) {
-        if (strcmp(m->keys[i], key) == 0) {
-            m->vals[i] = val;
-            return 0;
-        }
-        i = (i + 1) & (m->cap - 1);
-    }
-    m->keys[i] = key;
-    m->vals[i] = val;
-    m->n++;
+    sl.hash = h;
+    sl.len = (uint32_t)len;
+    sl.val = val;
+    sl.key = key;
+    if (len <= STRMAP_INLINE)
+        memcpy(sl.inl, key, len);
+    strmap_place(m, &sl);
     return 0;
 }
 
 static void strmap_free(strmap *m)
 {
-    free(m->keys);
-    free(m->vals);
+    free(m->slots);
     memset(m, 0, sizeof(*m));
 }
 
@@ -184,10 +214,27 @@ typedef struct column {
     uint32_t name_id;
 } column;
 
+/* Rule ids in rule order.  Most lists of a (product, subject) pair hold
+ * one or two rules: those stay inside the struct (cap == 0), saving the
+ * decision a cache miss. */
 typedef struct rulevec {
-    uint32_t *ids;
     uint32_t n, cap;
+    union {
+        uint32_t *heap;
+        uint32_t in[2];
+    } u;
 } rulevec;
+
+static const uint32_t *rv_ids(const rulevec *v)
+{
+    return v->cap ? v->u.heap : v->u.in;
+}
+
+static void rv_free(rulevec *v)
+{
+    if (v->cap)
+        free(v->u.heap);
+}
 
 enum { LIST_ACCESS = 0, LIST_OBLIGATION = 1 };
 
@@ -1027,16 +1074,27 @@ static int compile_policy(build *b, const policy_ref *pr)
 
 static int rulevec_push(rulevec *v, uint32_t id)
 {
-    if (v->n == v->cap) {
-        uint32_t cap = v->cap ? v->cap * 2 : 4;
-        uint32_t *ids = realloc(v->ids, cap * sizeof(uint32_t));
+    if (v->cap == 0 && v->n < 2) {
+        v->u.in[v->n++] = id;
+        return 0;
+    }
+    if (v->cap == 0) {
+        uint32_t *ids = malloc(4 * sizeof(uint32_t));
 
         if (ids == NULL)
             return POLIS_ENOMEM;
-        v->ids = ids;
-        v->cap = cap;
+        memcpy(ids, v->u.in, sizeof(v->u.in));
+        v->u.heap = ids;
+        v->cap = 4;
+    } else if (v->n == v->cap) {
+        uint32_t *ids = realloc(v->u.heap, 2 * v->cap * sizeof(uint32_t));
+
+        if (ids == NULL)
+            return POLIS_ENOMEM;
+        v->u.heap = ids;
+        v->cap *= 2;
     }
-    v->ids[v->n++] = id;
+    v->u.heap[v->n++] = id;
     return 0;
 }
 
@@ -1139,7 +1197,7 @@ static int index_add(build *b, product *p, uint32_t rid)
                 1ULL << (r->subjects[k] % 64);
         v = &se->lists[list];
         /* A subject listed twice in one rule. */
-        if (v->n && v->ids[v->n - 1] == rid)
+        if (v->n && rv_ids(v)[v->n - 1] == rid)
             continue;
         if (rulevec_push(v, rid) != 0)
             return nomem(b);
@@ -1248,10 +1306,10 @@ void pol_engine_free(pol_engine *e)
     }
     for (list = 0; list < 2; list++) {
         for (i = 0; i < e->nproducts; i++)
-            free(e->products[i].any[list].ids);
+            rv_free(&e->products[i].any[list]);
         for (i = 0; i < e->pairs.cap; i++)
             if (e->pairs.slots[i].key != UINT64_MAX)
-                free(e->pairs.slots[i].lists[list].ids);
+                rv_free(&e->pairs.slots[i].lists[list]);
     }
     free(e->pairs.slots);
     free(e->pair_bits);
@@ -1687,7 +1745,7 @@ static void open_cursors(pol_decision *d, const pol_engine *e, const product *p,
     d->ncur = 0;
     if (p->any[list].n)
         d->cur[d->ncur++] =
-            (struct cursor){p->any[list].ids, p->any[list].n, 0, SID_ANY};
+            (struct cursor){rv_ids(&p->any[list]), p->any[list].n, 0, SID_ANY};
     for (i = 0; i < d->nids; i++) {
         /* The access pass looks the pairs up; obligations reuse them. */
         const pair_slot *se = d->slots[i];
@@ -1703,7 +1761,7 @@ static void open_cursors(pol_decision *d, const pol_engine *e, const product *p,
         d->slots[i] = se;
         if (se && se->lists[list].n)
             d->cur[d->ncur++] = (struct cursor){
-                se->lists[list].ids, se->lists[list].n, 0, d->ids[i]};
+                rv_ids(&se->lists[list]), se->lists[list].n, 0, d->ids[i]};
     }
 }
 
