@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- arena: everything of an engine but its index vectors ---------------- */
 
@@ -581,7 +582,7 @@ static int product_lookup(void *ctx, const char *name, pol_expr_type *type,
     uint32_t i;
 
     for (i = 0; i < p->ncols; i++) {
-        if (strcmp(p->cols[i].name, name) == 0) {
+        if (strcasecmp(p->cols[i].name, name) == 0) {
             *type = p->cols[i].type;
             *column_id = (int)p->cols[i].name_id;
             return 0;
@@ -652,7 +653,7 @@ static int parse_product(build *b, const json_t *doc, size_t index)
         if (cname == NULL || !valid_name(cname))
             return fail(b, POLIS_EINVAL, path, "must be a non-empty string");
         for (k = 0; k < p->ncols; k++)
-            if (strcmp(p->cols[k].name, cname) == 0)
+            if (strcasecmp(p->cols[k].name, cname) == 0)
                 return fail(b, POLIS_EINVAL, path,
                             "column \"%s\" is defined twice", cname);
         col->name = arena_strdup(&e->ar, cname);
@@ -1544,6 +1545,17 @@ static bool in_list(const strlist *l, const char *s)
     return false;
 }
 
+/* Column names compare like SQL identifiers: ASCII case-insensitively. */
+static bool in_list_nocase(const strlist *l, const char *s)
+{
+    uint32_t i;
+
+    for (i = 0; i < l->n; i++)
+        if (strcasecmp(l->v[i], s) == 0)
+            return true;
+    return false;
+}
+
 static bool column_classified(const dcol *c, const strlist *pats,
                               const char **tag)
 {
@@ -1689,7 +1701,7 @@ static int obligation_rule(dctx *c, uint32_t rid, uint32_t sid,
             dcol *col = &d->cols[k];
             const char *tag = NULL;
 
-            if (!in_list(&r->mask_columns, col->name) &&
+            if (!in_list_nocase(&r->mask_columns, col->name) &&
                 !column_classified(col, &r->mask_classes, &tag))
                 continue;
             if (!applied) {
@@ -1837,7 +1849,7 @@ static int setup_columns(const dctx *c, const product *p, polis_error *err)
                 "of column \"%s\"",
                 rc->name);
         for (k = 0; k < p->ncols; k++)
-            if (strcmp(p->cols[k].name, rc->name) == 0)
+            if (strcasecmp(p->cols[k].name, rc->name) == 0)
                 break;
         if (k == p->ncols)
             return polis_error_set(err, POLIS_ENOTFOUND, req->product,

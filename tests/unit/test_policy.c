@@ -314,6 +314,9 @@ static const row rows[] = {
      "", 0, 0},
     {"analysts", "", "region=EU", "sales/orders", "query", NULL, "", 0, NULL,
      "", 0, 0},
+    /* column names compare like SQL identifiers (case-insensitively) */
+    {"sam", "sales", "", "sales/customers", "query", NULL, "EMAIL,Phone", 1,
+     SL "allow-sales-team", "EMAIL:redact,Phone:show_first", 0, 0},
     /* classifications given by the request */
     {"ann", "analysts", "region=EU", "sales/customers", "query", NULL,
      "notes:pii.email", 1, B "allow-analysts", "notes:hash", 1, 0},
