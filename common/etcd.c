@@ -1002,6 +1002,8 @@ static json_t *op_to_json(const etcd_op *op)
     case ETCD_OP_RANGE:
         name = "request_range";
         rc |= j_set_range(inner, op->key, op->prefix, NULL);
+        if (op->count_only)
+            rc |= json_object_set_new(inner, "count_only", json_true());
         break;
     default:
         json_decref(inner);

@@ -77,8 +77,7 @@ int etcd_put(etcd_client *c, const char *key, const char *value,
 /* Delete `key` or, with prefix, every key under it.  deleted_out and
  * revision_out may be NULL. */
 int etcd_delete(etcd_client *c, const char *key, bool prefix,
-                int64_t *deleted_out, int64_t *revision_out,
-                polis_error *err);
+                int64_t *deleted_out, int64_t *revision_out, polis_error *err);
 
 /* ---- transactions ---- */
 
@@ -100,7 +99,7 @@ typedef struct etcd_compare {
     const char *key;
     etcd_cmp_target target;
     etcd_cmp_op op;
-    int64_t number; /* for MOD, CREATE, VERSION */
+    int64_t number;    /* for MOD, CREATE, VERSION */
     const char *value; /* for VALUE */
     size_t value_len;
 } etcd_compare;
@@ -116,8 +115,9 @@ typedef struct etcd_op {
     const char *key;
     const char *value; /* PUT */
     size_t value_len;
-    int64_t lease;     /* PUT */
-    bool prefix;       /* DELETE, RANGE */
+    int64_t lease;   /* PUT */
+    bool prefix;     /* DELETE, RANGE */
+    bool count_only; /* RANGE: only the count (etcd_range_result.count) */
 } etcd_op;
 
 typedef struct etcd_txn_result {
@@ -148,11 +148,14 @@ int etcd_lease_revoke(etcd_client *c, int64_t id, polis_error *err);
 
 /* ---- watch ---- */
 
-typedef enum etcd_event_type { ETCD_EVENT_PUT, ETCD_EVENT_DELETE } etcd_event_type;
+typedef enum etcd_event_type {
+    ETCD_EVENT_PUT,
+    ETCD_EVENT_DELETE
+} etcd_event_type;
 
 typedef struct etcd_event {
     etcd_event_type type;
-    etcd_kv kv;      /* for DELETE: key and mod_revision only */
+    etcd_kv kv; /* for DELETE: key and mod_revision only */
     bool has_prev;
     etcd_kv prev_kv; /* with etcd_watch_opts.prev_kv */
 } etcd_event;

@@ -1,7 +1,7 @@
 /*
  * checker.c — Governance.Check against the stored policies (checker.h).
- * The engine is rebuilt lazily: each check reads meta/seq (one etcd range)
- * and rebuilds only when a write happened since the last build.
+ * The engine is rebuilt lazily: each check reads meta/last-change (one etcd
+ * range) and rebuilds only when a write happened since the last build.
  */
 #include "controlplane/checker.h"
 #include "policy/api/check.h"
@@ -16,7 +16,7 @@ struct cp_checker {
     cp_store *store;
     pthread_mutex_t lock; /* guards everything below */
     pol_engine *engine;
-    int64_t built_seq; /* meta/seq the engine was built at; -1: never */
+    int64_t built_seq; /* change revision it was built at; -1: never */
     int64_t built_revision;
     pol_decision *decision;
 };
@@ -73,7 +73,7 @@ static int refresh_engine(cp_checker *c, polis_error *err)
     int64_t seq, revision = 0;
     int rc;
 
-    rc = cp_store_seq(c->store, &seq, err);
+    rc = cp_store_change_revision(c->store, &seq, err);
     if (rc || seq == c->built_seq)
         return rc;
     docs = json_array();

@@ -2,7 +2,7 @@
  * checker.h — Governance.Check: decide a request against the policies and
  * data products stored now, for `polisctl check` and anyone who wants a
  * decision explained.  Keeps one compiled engine, rebuilt when the store's
- * write sequence moves.
+ * last change moves.
  */
 #ifndef POLIS_CP_CHECKER_H
 #define POLIS_CP_CHECKER_H

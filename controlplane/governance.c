@@ -240,7 +240,8 @@ static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
             polis_error_set(&e, POLIS_EINVAL, where,
                             "a document must be an object");
         else if (res_validate(doc, where, &info, &e) == 0 &&
-                 info.kind == RES_POLICY && pol_policy_validate(doc, &e) != 0)
+                 res_apply_defaults(doc) == 0 && info.kind == RES_POLICY &&
+                 pol_policy_validate(doc, &e) != 0)
             /* The rules themselves: the policy compiler's verdict. */
             polis_error_prefix_where(&e, where);
         if (e.code)

@@ -119,7 +119,8 @@ static int readiness(void *ud, char *reason, size_t len)
     char key[300], msg[1024];
     int rc;
 
-    snprintf(key, sizeof(key), "%smeta/seq", cp_store_prefix(rt->store));
+    snprintf(key, sizeof(key), "%smeta/last-change",
+             cp_store_prefix(rt->store));
     rc = etcd_range(rt->etcd, key, &o, &rr, &err);
     etcd_range_result_free(&rr);
     if (rc) {

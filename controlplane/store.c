@@ -1,7 +1,7 @@
 /*
  * store.c — resources, history and audit in etcd (store.h).  Reads are one
- * etcd range or read-only txn; writes are one txn guarded by compares on
- * meta/seq and on every touched key, retried when only meta/seq moved.
+ * etcd range or read-only txn; a write is one txn guarded by a compare on
+ * every touched resource's mod revision, retried when one moved.
  */
 #include "controlplane/store.h"
 
@@ -99,14 +99,6 @@ static void history_prefix(const cp_store *s, char *buf, const char *kind,
     snprintf(buf, KEY_MAX, "%shistory/%s/%s/%s/", s->prefix, k, scope, name);
 }
 
-static void history_key(const cp_store *s, char *buf, const char *kind,
-                        const char *scope, const char *name, int64_t seq)
-{
-    char p[KEY_MAX];
-    history_prefix(s, p, kind, scope, name);
-    snprintf(buf, KEY_MAX, "%s%020" PRId64, p, seq);
-}
-
 static void now_rfc3339(char *buf, size_t len)
 {
     struct timespec ts;
@@ -123,7 +115,7 @@ static void now_rfc3339(char *buf, size_t len)
 
 /*
  * A stored value: {"document":{...},"generation":N,"author":"...",
- * "updatedAt":"...","seq":N[,"deleted":true]}.  Fills r from kv; the key
+ * "updatedAt":"..."[,"deleted":true]}.  Fills r from kv; the key
  * gives kind/scope/name only for resources/ keys, so those come from the
  * document.
  */
@@ -143,10 +135,10 @@ static int resource_from_kv(const etcd_kv *kv, cp_resource *r, polis_error *err)
                                jerr.text);
     }
     doc = json_object_get(v, "document");
-    if (json_unpack(v, "{s?s, s?s, s?s, s?I, s?I, s?b, s?s}", "author", &author,
+    if (json_unpack(v, "{s?s, s?s, s?s, s?I, s?b, s?s}", "author", &author,
                     "updatedAt", &at, "scope", &scope, "generation",
-                    &r->generation, "seq", &r->seq, "deleted", &r->deleted,
-                    "kind", &kind) != 0 ||
+                    &r->generation, "deleted", &r->deleted, "kind",
+                    &kind) != 0 ||
         !json_is_object(doc)) {
         json_decref(v);
         return polis_error_set(err, POLIS_EPROTO, kv->key,
@@ -168,8 +160,8 @@ static int resource_from_kv(const etcd_kv *kv, cp_resource *r, polis_error *err)
 }
 
 static char *record_json(const char *doc_json, const char *scope,
-                         int64_t generation, int64_t seq, const char *author,
-                         const char *at, bool deleted, polis_error *err)
+                         int64_t generation, const char *author, const char *at,
+                         bool deleted, polis_error *err)
 {
     json_error_t jerr;
     json_t *doc = json_loads(doc_json, 0, &jerr), *rec;
@@ -179,9 +171,9 @@ static char *record_json(const char *doc_json, const char *scope,
         polis_error_set(err, POLIS_EINVAL, "document", "%s", jerr.text);
         return NULL;
     }
-    rec = json_pack("{s:o, s:s, s:I, s:I, s:s, s:s}", "document", doc, "scope",
-                    scope, "generation", (json_int_t)generation, "seq",
-                    (json_int_t)seq, "author", author, "updatedAt", at);
+    rec = json_pack("{s:o, s:s, s:I, s:s, s:s}", "document", doc, "scope",
+                    scope, "generation", (json_int_t)generation, "author",
+                    author, "updatedAt", at);
     if (rec && deleted)
         json_object_set_new(rec, "deleted", json_true());
     out = rec ? json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
@@ -219,7 +211,16 @@ typedef struct write_plan {
     etcd_compare *cmps;
     char **bufs; /* keys and values the ops point into */
     size_t n_ops, n_cmps, n_bufs;
+    bool failed; /* an allocation failed */
 } write_plan;
+
+static int plan_alloc(write_plan *p, size_t n_docs)
+{
+    p->ops = calloc(2 * n_docs + 2, sizeof(*p->ops));
+    p->cmps = calloc(n_docs + 1, sizeof(*p->cmps));
+    p->bufs = calloc(4 * n_docs + 8, sizeof(*p->bufs));
+    return p->ops && p->cmps && p->bufs ? 0 : -1;
+}
 
 static void plan_free(write_plan *p)
 {
@@ -231,104 +232,113 @@ static void plan_free(write_plan *p)
     memset(p, 0, sizeof(*p));
 }
 
+/* Keep s (malloc'd) alive until the plan is freed; NULL marks failure. */
 static char *plan_keep(write_plan *p, char *s)
 {
-    if (s)
+    if (s == NULL)
+        p->failed = true;
+    else
         p->bufs[p->n_bufs++] = s;
     return s;
 }
 
-static char *plan_key(write_plan *p, const char *key)
+static void plan_put(write_plan *p, const char *key, const char *value)
 {
-    return plan_keep(p, strdup(key));
+    char *k = plan_keep(p, strdup(key));
+    if (k && value)
+        p->ops[p->n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
+                                       .key = k,
+                                       .value = value,
+                                       .value_len = strlen(value)};
 }
 
-/* Read meta/seq and the given keys in one consistent read. */
-static int read_state(cp_store *s, char **keys, size_t n, etcd_txn_result *tr,
-                      int64_t *seq, int64_t *seq_mod, polis_error *err)
+/* The write must find `key` as it was read (mod_revision 0: absent). */
+static void plan_unchanged_since(write_plan *p, const char *key, int64_t mod)
 {
-    etcd_op *ops = calloc(n + 1, sizeof(*ops));
-    char seq_key[KEY_MAX];
+    p->cmps[p->n_cmps++] = (etcd_compare){.key = key,
+                                          .target = ETCD_CMP_MOD,
+                                          .op = ETCD_CMP_EQUAL,
+                                          .number = mod};
+}
+
+/*
+ * Every write also records an audit entry and touches meta/last-change,
+ * whose mod revision tells caches that something changed.  Neither is
+ * compared, so writers of different resources never conflict.
+ */
+static void plan_audit(cp_store *s, write_plan *p, const char *action,
+                       const char *author, const char *at, json_t *changes)
+{
+    char key[KEY_MAX], *audit;
+    unsigned char rnd[4] = {0};
+    struct timespec ts;
+    json_t *a;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    RAND_bytes(rnd, sizeof(rnd));
+    /* Time-ordered and unique without coordination between writers;
+     * readers order entries by their etcd mod revision. */
+    snprintf(key, sizeof(key), "%saudit/%020lld-%02x%02x%02x%02x", s->prefix,
+             (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec, rnd[0], rnd[1],
+             rnd[2], rnd[3]);
+    a = json_pack("{s:s, s:s, s:s, s:O}", "action", action, "author", author,
+                  "time", at, "changes", changes);
+    audit =
+        plan_keep(p, a ? json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS) : NULL);
+    json_decref(a);
+    plan_put(p, key, audit);
+    snprintf(key, sizeof(key), "%smeta/last-change", s->prefix);
+    plan_put(p, key, audit);
+}
+
+/*
+ * Read every touched resource and the number of versions in its history in
+ * one consistent read: responses[2i] is the resource, responses[2i + 1] the
+ * count of history/<kind>/<scope>/<name>/.
+ */
+static int read_current(cp_store *s, char **keys, char **hprefixes, size_t n,
+                        etcd_txn_result *tr, polis_error *err)
+{
+    etcd_op *ops = calloc(2 * n + 1, sizeof(*ops));
     int rc;
 
     if (ops == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    snprintf(seq_key, sizeof(seq_key), "%smeta/seq", s->prefix);
-    ops[0].type = ETCD_OP_RANGE;
-    ops[0].key = seq_key;
     for (size_t i = 0; i < n; i++) {
-        ops[i + 1].type = ETCD_OP_RANGE;
-        ops[i + 1].key = keys[i];
+        ops[2 * i] = (etcd_op){.type = ETCD_OP_RANGE, .key = keys[i]};
+        ops[2 * i + 1] = (etcd_op){.type = ETCD_OP_RANGE,
+                                   .key = hprefixes[i],
+                                   .prefix = true,
+                                   .count_only = true};
     }
-    rc = etcd_txn(s->etcd, NULL, 0, ops, n + 1, NULL, 0, tr, err);
+    rc = etcd_txn(s->etcd, NULL, 0, ops, 2 * n, NULL, 0, tr, err);
     free(ops);
-    if (rc)
-        return rc;
-    *seq = 0;
-    *seq_mod = 0;
-    if (tr->n_responses > 0 && tr->responses[0].n > 0) {
-        const etcd_kv *kv = &tr->responses[0].kvs[0];
-        *seq = strtoll(kv->value, NULL, 10);
-        *seq_mod = kv->mod_revision;
-    }
-    return 0;
+    if (rc == 0 && tr->n_responses != 2 * n)
+        rc = polis_error_set(err, POLIS_EPROTO, NULL,
+                             "etcd answered %zu reads for %zu", tr->n_responses,
+                             2 * n);
+    return rc;
 }
 
-static const etcd_kv *state_kv(const etcd_txn_result *tr, size_t i)
+static const etcd_kv *current_kv(const etcd_txn_result *tr, size_t i)
 {
-    if (i + 1 >= tr->n_responses || tr->responses[i + 1].n == 0)
-        return NULL;
-    return &tr->responses[i + 1].kvs[0];
+    const etcd_range_result *r = &tr->responses[2 * i];
+    return r->n ? &r->kvs[0] : NULL;
 }
 
-static char *audit_json(const char *action, const char *author, const char *at,
-                        json_t *changes)
+/* Versions so far; a new version is number versions + 1, which keeps
+ * history keys unique across delete and re-create. */
+static int64_t current_versions(const etcd_txn_result *tr, size_t i)
 {
-    json_t *a = json_pack("{s:s, s:s, s:s, s:O}", "action", action, "author",
-                          author, "time", at, "changes", changes);
-    char *out = a ? json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    json_decref(a);
-    return out;
+    return tr->responses[2 * i + 1].count;
 }
 
-/* Common tail of every write: the seq compare, audit entry and seq bump. */
-static int plan_seq(cp_store *s, write_plan *p, int64_t seq, int64_t seq_mod,
-                    const char *audit)
-{
-    char key[KEY_MAX], val[32];
-
-    snprintf(key, sizeof(key), "%smeta/seq", s->prefix);
-    p->cmps[p->n_cmps++] = (etcd_compare){.key = plan_key(p, key),
-                                          .target = ETCD_CMP_MOD,
-                                          .op = ETCD_CMP_EQUAL,
-                                          .number = seq_mod};
-    snprintf(val, sizeof(val), "%" PRId64, seq + 1);
-    p->ops[p->n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
-                                   .key = plan_key(p, key),
-                                   .value = plan_key(p, val),
-                                   .value_len = strlen(val)};
-    snprintf(key, sizeof(key), "%saudit/%020" PRId64, s->prefix, seq + 1);
-    p->ops[p->n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
-                                   .key = plan_key(p, key),
-                                   .value = audit,
-                                   .value_len = strlen(audit)};
-    return p->bufs[p->n_bufs - 1] && p->bufs[p->n_bufs - 2] ? 0 : -1;
-}
-
-static int plan_alloc(write_plan *p, size_t n_docs)
-{
-    p->ops = calloc(2 * n_docs + 2, sizeof(*p->ops));
-    p->cmps = calloc(n_docs + 1, sizeof(*p->cmps));
-    p->bufs = calloc(4 * n_docs + 8, sizeof(*p->bufs));
-    return p->ops && p->cmps && p->bufs ? 0 : -1;
-}
-
-/* After a failed write txn: did a document move past expected_revision? */
+/* Did a document move past expected_revision? */
 static int check_expected(const etcd_txn_result *tr, char **keys, size_t n,
                           int64_t expected, polis_error *err)
 {
     for (size_t i = 0; i < n; i++) {
-        const etcd_kv *kv = state_kv(tr, i);
+        const etcd_kv *kv = current_kv(tr, i);
         if (kv && kv->mod_revision > expected)
             return polis_error_set(
                 err, POLIS_ECONFLICT, keys[i],
@@ -341,7 +351,110 @@ static int check_expected(const etcd_txn_result *tr, char **keys, size_t n,
 
 static void backoff(int attempt)
 {
-    usleep((useconds_t)(1000 * (1 + attempt * 2) + rand() % 1000));
+    usleep((useconds_t)(500 * (1 + attempt) + rand() % 1000));
+}
+
+static int gave_up(polis_error *err)
+{
+    return polis_error_set(err, POLIS_EUNAVAIL, NULL,
+                           "gave up after %d attempts: other writers kept "
+                           "changing the same resources; retry",
+                           APPLY_RETRIES);
+}
+
+typedef struct key_set {
+    char **keys, **hprefixes;
+    size_t n;
+} key_set;
+
+static void key_set_free(key_set *k)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        free(k->keys[i]);
+        free(k->hprefixes[i]);
+    }
+    free(k->keys);
+    free(k->hprefixes);
+}
+
+static int key_set_make(cp_store *s, const cp_change *changes, size_t n,
+                        key_set *k, polis_error *err)
+{
+    char key[KEY_MAX];
+
+    k->keys = calloc(n ? n : 1, sizeof(char *));
+    k->hprefixes = calloc(n ? n : 1, sizeof(char *));
+    k->n = 0;
+    if (k->keys == NULL || k->hprefixes == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    for (size_t i = 0; i < n; i++, k->n++) {
+        resource_key(s, key, changes[i].kind, changes[i].scope,
+                     changes[i].name);
+        k->keys[i] = strdup(key);
+        history_prefix(s, key, changes[i].kind, changes[i].scope,
+                       changes[i].name);
+        k->hprefixes[i] = strdup(key);
+        if (k->keys[i] == NULL || k->hprefixes[i] == NULL) {
+            k->n++;
+            return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        }
+    }
+    return 0;
+}
+
+/*
+ * Plan the write of changes against what was read; results filled.  Returns
+ * the number of changed documents (0: nothing to write) or a negative
+ * error.
+ */
+static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
+                      const key_set *k, const etcd_txn_result *cur,
+                      const char *author, const char *at,
+                      cp_apply_result *results, write_plan *plan,
+                      polis_error *err)
+{
+    json_t *audit_changes = json_array();
+    int n_changed = 0;
+
+    if (audit_changes == NULL || plan_alloc(plan, n) != 0) {
+        json_decref(audit_changes);
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const etcd_kv *kv = current_kv(cur, i);
+        char *stored = kv ? record_document(kv) : NULL;
+        int64_t gen = current_versions(cur, i) + 1;
+        char hkey[KEY_MAX], *rec;
+
+        if (kv && stored && strcmp(stored, changes[i].doc_json) == 0) {
+            results[i].action = "unchanged";
+            results[i].generation = record_generation(kv);
+            free(stored);
+            continue;
+        }
+        free(stored);
+        results[i].action = kv ? "updated" : "created";
+        results[i].generation = gen;
+        n_changed++;
+        rec = plan_keep(plan, record_json(changes[i].doc_json, changes[i].scope,
+                                          gen, author, at, false, err));
+        plan_unchanged_since(plan, k->keys[i], kv ? kv->mod_revision : 0);
+        plan_put(plan, k->keys[i], rec);
+        snprintf(hkey, sizeof(hkey), "%s%020" PRId64, k->hprefixes[i], gen);
+        plan_put(plan, hkey, rec);
+        json_array_append_new(
+            audit_changes,
+            json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", changes[i].kind,
+                      "scope", changes[i].scope, "name", changes[i].name,
+                      "action", results[i].action, "generation",
+                      (json_int_t)gen));
+    }
+    if (n_changed > 0)
+        plan_audit(s, plan, "apply", author, at, audit_changes);
+    json_decref(audit_changes);
+    if (plan->failed)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    return n_changed;
 }
 
 int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
@@ -349,121 +462,47 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
                    cp_apply_result *results, int64_t *revision_out,
                    polis_error *err)
 {
-    char **keys = calloc(n ? n : 1, sizeof(*keys));
-    char at[40], key[KEY_MAX];
-    int rc = 0;
+    key_set k = {0};
+    char at[40];
+    int rc;
 
     *revision_out = 0;
-    if (keys == NULL)
-        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    for (size_t i = 0; i < n; i++) {
-        resource_key(s, key, changes[i].kind, changes[i].scope,
-                     changes[i].name);
-        if ((keys[i] = strdup(key)) == NULL) {
-            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-            goto out;
-        }
-    }
-    for (int attempt = 0;; attempt++) {
-        etcd_txn_result state = {0}, wr = {0};
+    rc = key_set_make(s, changes, n, &k, err);
+    for (int attempt = 0; rc == 0; attempt++) {
+        etcd_txn_result cur = {0}, wr = {0};
         write_plan plan = {0};
-        json_t *audit_changes = json_array();
-        int64_t seq = 0, seq_mod = 0;
-        size_t n_changed = 0;
-        char *audit = NULL;
+        int n_changed = 0;
 
-        rc = read_state(s, keys, n, &state, &seq, &seq_mod, err);
-        if (rc == 0 && expected_revision > 0)
-            rc = check_expected(&state, keys, n, expected_revision, err);
-        if (rc == 0 && plan_alloc(&plan, n) != 0)
-            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
         now_rfc3339(at, sizeof(at));
-        for (size_t i = 0; rc == 0 && i < n; i++) {
-            const etcd_kv *kv = state_kv(&state, i);
-            char *current = kv ? record_document(kv) : NULL;
-            int64_t gen = kv ? record_generation(kv) : 0;
-            char hkey[KEY_MAX], *rec;
-
-            if (kv && current && strcmp(current, changes[i].doc_json) == 0) {
-                results[i].action = "unchanged";
-                results[i].generation = gen;
-                free(current);
-                continue;
-            }
-            free(current);
-            results[i].action = kv ? "updated" : "created";
-            results[i].generation = gen + 1;
-            n_changed++;
-            rec = plan_keep(
-                &plan, record_json(changes[i].doc_json, changes[i].scope,
-                                   gen + 1, seq + 1, author, at, false, err));
-            if (rec == NULL) {
-                rc = err ? err->code : POLIS_ENOMEM;
-                break;
-            }
-            plan.cmps[plan.n_cmps++] =
-                (etcd_compare){.key = keys[i],
-                               .target = ETCD_CMP_MOD,
-                               .op = ETCD_CMP_EQUAL,
-                               .number = kv ? kv->mod_revision : 0};
-            plan.ops[plan.n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
-                                               .key = keys[i],
-                                               .value = rec,
-                                               .value_len = strlen(rec)};
-            history_key(s, hkey, changes[i].kind, changes[i].scope,
-                        changes[i].name, seq + 1);
-            plan.ops[plan.n_ops++] = (etcd_op){.type = ETCD_OP_PUT,
-                                               .key = plan_key(&plan, hkey),
-                                               .value = rec,
-                                               .value_len = strlen(rec)};
-            json_array_append_new(
-                audit_changes,
-                json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", changes[i].kind,
-                          "scope", changes[i].scope, "name", changes[i].name,
-                          "action", results[i].action, "generation",
-                          (json_int_t)(gen + 1)));
+        rc = read_current(s, k.keys, k.hprefixes, n, &cur, err);
+        if (rc == 0 && expected_revision > 0)
+            rc = check_expected(&cur, k.keys, n, expected_revision, err);
+        if (rc == 0) {
+            n_changed = plan_apply(s, changes, n, &k, &cur, author, at, results,
+                                   &plan, err);
+            rc = n_changed < 0 ? n_changed : 0;
         }
-        if (rc == 0 && n_changed > 0 && !dry_run) {
-            audit = plan_keep(&plan,
-                              audit_json("apply", author, at, audit_changes));
-            if (audit == NULL || plan_seq(s, &plan, seq, seq_mod, audit))
-                rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-        }
-        if (rc == 0 && n_changed > 0 && !dry_run) {
-            /* On failure, read the documents back to tell why. */
-            etcd_op *fail = calloc(n, sizeof(*fail));
-            for (size_t i = 0; fail && i < n; i++)
-                fail[i] = (etcd_op){.type = ETCD_OP_RANGE, .key = keys[i]};
-            rc = fail ? etcd_txn(s->etcd, plan.cmps, plan.n_cmps, plan.ops,
-                                 plan.n_ops, NULL, 0, &wr, err)
-                      : polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-            free(fail);
+        if (rc == 0 && n_changed > 0 && !dry_run)
+            rc = etcd_txn(s->etcd, plan.cmps, plan.n_cmps, plan.ops, plan.n_ops,
+                          NULL, 0, &wr, err);
+        plan_free(&plan);
+        etcd_txn_result_free(&cur);
+        if (rc || n_changed == 0 || dry_run || wr.succeeded) {
             if (rc == 0 && wr.succeeded)
                 *revision_out = wr.revision;
-        }
-        json_decref(audit_changes);
-        plan_free(&plan);
-        etcd_txn_result_free(&state);
-        if (rc || n_changed == 0 || dry_run || wr.succeeded) {
             etcd_txn_result_free(&wr);
             break;
         }
         etcd_txn_result_free(&wr);
-        /* Somebody else wrote in between: re-read and retry; a document
-         * moved past expected_revision is caught by check_expected. */
+        /* A document changed between the read and the write: read again
+         * (an expected_revision is then checked against the new state). */
         if (attempt + 1 >= APPLY_RETRIES) {
-            rc = polis_error_set(err, POLIS_ECONFLICT, NULL,
-                                 "gave up after %d attempts: the "
-                                 "resources kept changing concurrently",
-                                 APPLY_RETRIES);
+            rc = gave_up(err);
             break;
         }
         backoff(attempt);
     }
-out:
-    for (size_t i = 0; i < n; i++)
-        free(keys[i]);
-    free(keys);
+    key_set_free(&k);
     return rc;
 }
 
@@ -752,110 +791,100 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
                     const char *author, cp_resource *deleted,
                     int64_t *revision_out, polis_error *err)
 {
-    char key[KEY_MAX], hkey[KEY_MAX], at[40];
-    char *keys[1] = {key};
-    cp_resource cur = {0};
+    cp_resource cur_res = {0};
+    cp_change one;
+    key_set k = {0};
+    char at[40];
     int rc;
 
     *revision_out = 0;
     if (scope == NULL || scope[0] == '\0') {
-        rc = cp_store_get(s, kind, NULL, name, &cur, err);
+        rc = cp_store_get(s, kind, NULL, name, &cur_res, err);
         if (rc)
             return rc;
-        scope = cur.scope;
+        scope = cur_res.scope;
     }
-    resource_key(s, key, kind, scope, name);
-    for (int attempt = 0;; attempt++) {
-        etcd_txn_result state = {0}, wr = {0};
+    one = (cp_change){.kind = kind, .scope = scope, .name = name};
+    rc = key_set_make(s, &one, 1, &k, err);
+    for (int attempt = 0; rc == 0; attempt++) {
+        etcd_txn_result cur = {0}, wr = {0};
         write_plan plan = {0};
         const etcd_kv *kv;
-        int64_t seq = 0, seq_mod = 0;
-        char *rec = NULL, *doc = NULL, *audit = NULL;
+        char hkey[KEY_MAX], *doc = NULL;
         json_t *changes = NULL;
+        int64_t gen;
 
-        rc = read_state(s, keys, 1, &state, &seq, &seq_mod, err);
-        kv = rc == 0 ? state_kv(&state, 0) : NULL;
+        now_rfc3339(at, sizeof(at));
+        rc = read_current(s, k.keys, k.hprefixes, 1, &cur, err);
+        kv = rc == 0 ? current_kv(&cur, 0) : NULL;
         if (rc == 0 && kv == NULL)
             rc = polis_error_set(err, POLIS_ENOTFOUND, NULL,
                                  "%s \"%s\" not found in scope \"%s\"", kind,
                                  name, scope);
         if (rc == 0 && expected_revision > 0)
-            rc = check_expected(&state, keys, 1, expected_revision, err);
-        if (rc == 0 && deleted && attempt == 0)
+            rc = check_expected(&cur, k.keys, 1, expected_revision, err);
+        if (rc == 0 && deleted) {
+            cp_resource_clear(deleted);
             rc = resource_from_kv(kv, deleted, err);
+        }
         if (rc || dry_run) {
-            etcd_txn_result_free(&state);
+            etcd_txn_result_free(&cur);
             break;
         }
-        now_rfc3339(at, sizeof(at));
+        gen = current_versions(&cur, 0) + 1;
         doc = record_document(kv);
-        rec = doc ? record_json(doc, scope, record_generation(kv) + 1, seq + 1,
-                                author, at, true, err)
-                  : NULL;
         changes = json_pack("[{s:s, s:s, s:s, s:s, s:I}]", "kind", kind,
                             "scope", scope, "name", name, "action", "deleted",
-                            "generation", (json_int_t)record_generation(kv));
-        audit = changes ? audit_json("delete", author, at, changes) : NULL;
-        if (rec == NULL || audit == NULL || plan_alloc(&plan, 1) != 0) {
+                            "generation", (json_int_t)gen);
+        if (doc == NULL || changes == NULL || plan_alloc(&plan, 1) != 0) {
             rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
         } else {
-            plan_keep(&plan, rec);
-            plan_keep(&plan, audit);
-            rec = audit = NULL;
-            plan.cmps[plan.n_cmps++] =
-                (etcd_compare){.key = key,
-                               .target = ETCD_CMP_MOD,
-                               .op = ETCD_CMP_EQUAL,
-                               .number = kv->mod_revision};
+            /* The history keeps the last document, marked deleted. */
+            char *rec = plan_keep(
+                &plan, record_json(doc, scope, gen, author, at, true, err));
+            plan_unchanged_since(&plan, k.keys[0], kv->mod_revision);
             plan.ops[plan.n_ops++] =
-                (etcd_op){.type = ETCD_OP_DELETE, .key = key};
-            history_key(s, hkey, kind, scope, name, seq + 1);
-            plan.ops[plan.n_ops++] =
-                (etcd_op){.type = ETCD_OP_PUT,
-                          .key = plan_key(&plan, hkey),
-                          .value = plan.bufs[0],
-                          .value_len = strlen(plan.bufs[0])};
-            if (plan_seq(s, &plan, seq, seq_mod, plan.bufs[1]))
+                (etcd_op){.type = ETCD_OP_DELETE, .key = k.keys[0]};
+            snprintf(hkey, sizeof(hkey), "%s%020" PRId64, k.hprefixes[0], gen);
+            plan_put(&plan, hkey, rec);
+            plan_audit(s, &plan, "delete", author, at, changes);
+            if (plan.failed)
                 rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-            if (rc == 0)
+            else
                 rc = etcd_txn(s->etcd, plan.cmps, plan.n_cmps, plan.ops,
                               plan.n_ops, NULL, 0, &wr, err);
             if (rc == 0 && wr.succeeded)
                 *revision_out = wr.revision;
         }
-        free(rec);
-        free(audit);
         free(doc);
         json_decref(changes);
         plan_free(&plan);
-        etcd_txn_result_free(&state);
+        etcd_txn_result_free(&cur);
         bool done = rc || wr.succeeded;
         etcd_txn_result_free(&wr);
         if (done)
             break;
         if (attempt + 1 >= APPLY_RETRIES) {
-            rc = polis_error_set(err, POLIS_ECONFLICT, NULL,
-                                 "gave up after %d attempts: the resource "
-                                 "kept changing concurrently",
-                                 APPLY_RETRIES);
+            rc = gave_up(err);
             break;
         }
         backoff(attempt);
     }
-    cp_resource_clear(&cur);
+    key_set_free(&k);
+    cp_resource_clear(&cur_res);
     return rc;
 }
 
-int cp_store_seq(cp_store *s, int64_t *seq, polis_error *err)
+int cp_store_change_revision(cp_store *s, int64_t *revision, polis_error *err)
 {
     char key[KEY_MAX];
     etcd_range_result rr = {0};
     int rc;
 
-    snprintf(key, sizeof(key), "%smeta/seq", s->prefix);
+    snprintf(key, sizeof(key), "%smeta/last-change", s->prefix);
     rc = etcd_range(s->etcd, key, NULL, &rr, err);
     if (rc == 0)
-        *seq = rr.n ? strtoll(rr.kvs[0].value, NULL, 10) : 0;
+        *revision = rr.n ? rr.kvs[0].mod_revision : 0;
     etcd_range_result_free(&rr);
     return rc;
 }

@@ -1,12 +1,13 @@
 /*
  * store.h — Polis resources in etcd (DESIGN.md "etcd layout"):
- *   <prefix>resources/<kind>/<scope>/<name>   current document + metadata
- *   <prefix>history/<kind>/<scope>/<name>/<seq> every version, for history
- *   <prefix>audit/<seq>                        who changed what, when
- *   <prefix>meta/seq                           the write sequence number
+ *   <prefix>resources/<kind>/<scope>/<name>          current document
+ *   <prefix>history/<kind>/<scope>/<name>/<version>  every version
+ *   <prefix>audit/<time>-<random>                    who changed what, when
+ *   <prefix>meta/last-change                         touched by every write
  * Every change is one etcd txn that also writes its history and audit
- * entries and bumps meta/seq, so writes are serialised optimistically and
- * nothing is half-written.  Design notes: docs/internals/store.md.
+ * entries, guarded by compares on the touched resources only, so nothing is
+ * half-written and writers of different resources never wait on each
+ * other.  Design notes: docs/internals/store.md.
  */
 #ifndef POLIS_CP_STORE_H
 #define POLIS_CP_STORE_H
@@ -40,7 +41,6 @@ typedef struct cp_resource {
     char *doc_json; /* the document, compact JSON (owned) */
     int64_t revision;
     int64_t generation;
-    int64_t seq; /* write sequence (history/audit key) */
     char author[CP_AUTHOR_MAX];
     char updated_at[40];
     bool deleted; /* history: this version is a deletion */
@@ -89,7 +89,8 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
                     const char *author, cp_resource *deleted,
                     int64_t *revision_out, polis_error *err);
 
-/* Versions, newest first; limit 0: all. */
+/* Versions, newest first (history keeps a deleted resource's versions and
+ * its deletion; a re-created one continues the numbering); limit 0: all. */
 int cp_store_history(cp_store *s, const char *kind, const char *scope,
                      const char *name, size_t limit, cp_resource **out,
                      size_t *n_out, polis_error *err);
@@ -102,9 +103,9 @@ int cp_store_exists(cp_store *s, const char *kind, const char *scope,
 int cp_store_count(cp_store *s, const char *kind, const char *scope,
                    int64_t *count, polis_error *err);
 
-/* The current write sequence (meta/seq; 0 before the first write): it
- * moves on every change, so caches can tell whether to rebuild. */
-int cp_store_seq(cp_store *s, int64_t *seq, polis_error *err);
+/* The etcd revision of the last change to any resource (0 before the
+ * first), so caches can tell whether to rebuild. */
+int cp_store_change_revision(cp_store *s, int64_t *revision, polis_error *err);
 
 /*
  * The organisation's masking key (hash masks: HMAC-SHA256), created once at
