@@ -7,6 +7,7 @@
 #include "policy/policy.h"
 #include "tests/support/testutil.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -912,6 +913,55 @@ static void test_hash_key_from_options(void)
     CU_ASSERT_EQUAL(pol_engine_rule_count(engine), 32);
 }
 
+/* One engine shared by several threads, each with its own decision, gives
+ * every thread the table's answers. */
+static void *table_worker(void *arg)
+{
+    pol_decision *d = pol_decision_new();
+    size_t *mismatches = arg, i, round;
+
+    for (round = 0; d && round < 50; round++) {
+        for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+            req_storage s;
+            pol_request req;
+            const pol_rule_info *dr;
+            char deciding[256] = "";
+
+            memset(&s, 0, sizeof(s));
+            make_request(&rows[i], &s, &req);
+            if (pol_decide(engine, &req, d, NULL) != 0) {
+                (*mismatches)++;
+                continue;
+            }
+            dr = pol_decision_deciding_rule(d);
+            if (dr)
+                snprintf(deciding, sizeof(deciding), "%s/%s/%s", dr->scope,
+                         dr->policy, dr->name);
+            if (pol_decision_allowed(d) != rows[i].allowed ||
+                strcmp(deciding, rows[i].deciding ? rows[i].deciding : "") !=
+                    0 ||
+                pol_decision_filter_count(d) != rows[i].nfilters)
+                (*mismatches)++;
+        }
+    }
+    pol_decision_free(d);
+    return NULL;
+}
+
+static void test_shared_between_threads(void)
+{
+    pthread_t t[4];
+    size_t mismatches[4] = {0}, i;
+
+    for (i = 0; i < 4; i++)
+        CU_ASSERT_EQUAL_FATAL(
+            pthread_create(&t[i], NULL, table_worker, &mismatches[i]), 0);
+    for (i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(mismatches[i], 0);
+    }
+}
+
 static const test_case policy_cases[] = {
     {"semantic_table", test_semantic_table},
     {"build_errors", test_build_errors},
@@ -922,6 +972,7 @@ static const test_case policy_cases[] = {
     {"decide_errors", test_decide_errors},
     {"filters_evaluate", test_filters_evaluate},
     {"hash_key_from_options", test_hash_key_from_options},
+    {"shared_between_threads", test_shared_between_threads},
     {NULL, NULL},
 };
 
