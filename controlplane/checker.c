@@ -97,6 +97,31 @@ static int refresh_engine(cp_checker *c, polis_error *err)
     return 0;
 }
 
+/* A rule for all of a domain matches any product name: say so when the
+ * product does not exist, rather than explain a decision about nothing. */
+static int product_must_exist(cp_checker *c, const char *product,
+                              polis_error *err)
+{
+    char domain[CP_NAME_MAX];
+    const char *slash = product ? strchr(product, '/') : NULL;
+    bool exists = false;
+    int rc;
+
+    if (slash == NULL || slash == product || slash[1] == '\0' ||
+        (size_t)(slash - product) >= sizeof(domain))
+        return polis_error_set(err, POLIS_EINVAL, "product",
+                               "expected \"domain/product\", got \"%s\"",
+                               product ? product : "");
+    memcpy(domain, product, (size_t)(slash - product));
+    domain[slash - product] = '\0';
+    rc = cp_store_exists(c->store, "DataProduct", domain, slash + 1, &exists,
+                         err);
+    if (rc == 0 && !exists)
+        rc = polis_error_set(err, POLIS_ENOTFOUND, "product",
+                             "data product \"%s\" not found", product);
+    return rc;
+}
+
 int cp_checker_check(cp_checker *c, const Polis__V1__CheckRequest *req,
                      Polis__V1__CheckResponse *resp, polis_error *err)
 {
@@ -114,6 +139,11 @@ int cp_checker_check(cp_checker *c, const Polis__V1__CheckRequest *req,
                       &principal, err);
     if (rc)
         return rc;
+    rc = product_must_exist(c, req->product, err);
+    if (rc) {
+        cp_resource_clear(&principal);
+        return rc;
+    }
     subject = malloc(sizeof(*subject));
     cols = malloc(sizeof(*cols));
     pdoc = json_loads(principal.doc_json, 0, NULL);

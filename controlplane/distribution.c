@@ -28,6 +28,7 @@
 #define DISCONNECTED_TTL_S 300
 #define STATUS_BATCH       200
 #define STALE_AFTER_MS     5000
+#define STATUS_REFRESH_S   30.0
 
 /* ---- snapshots ---- */
 
@@ -85,6 +86,7 @@ struct stream {
     int64_t pushed_at_ms;    /* wall clock, for STALE */
     char last_error[512];
     double last_seen, last_keepalive;
+    double last_status_write;
     stream *next;
 };
 
@@ -305,7 +307,7 @@ static const char *stream_state(const stream *st)
 }
 
 /* Queue the stream's status for the status thread (under d->lock). */
-static void status_queue(cp_dist *d, const stream *st, bool connected)
+static void status_queue(cp_dist *d, stream *st, bool connected)
 {
     char seen[40];
     json_t *rec;
@@ -861,7 +863,11 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
                  st->id, st->domain, m->nack->revision, m->nack->error);
         break;
     default:
-        break; /* keepalive: last_seen is enough */
+        /* Keepalive: refresh the stored lastSeen now and then, so that
+         * `polisctl sidecars` shows a live sidecar as recently seen. */
+        if (now - st->last_status_write >= STATUS_REFRESH_S)
+            status_queue(d, st, true);
+        break;
     }
     pthread_mutex_unlock(&d->lock);
     return RPC_CONTINUE;
