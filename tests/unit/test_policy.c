@@ -127,7 +127,12 @@ static const char *const fixture[] = {
            "{`name`:`allow-dpo`,`effect`:`allow`,`subjects`:[`group:dpo`],"
            "`resources`:[`sales/*`]},"
            "{`name`:`allow-orders-glob`,`effect`:`allow`,"
-           "`subjects`:[`group:finance`],`resources`:[`*/ord*`]}"),
+           "`subjects`:[`group:finance`],`resources`:[`*/ord*`]},"
+           "{`name`:`allow-research`,`effect`:`allow`,"
+           "`subjects`:[`group:research`],`resources`:[`sales/orders`],"
+           "`except`:{`purposes`:[`marketing`]}},"
+           "{`name`:`allow-qmark`,`effect`:`allow`,"
+           "`subjects`:[`group:glob`],`resources`:[`sales/ord?rs`]}"),
     POLICY("global", "pii",
            "{`name`:`mask-email`,`effect`:`mask`,`subjects`:[`*`],"
            "`resources`:[`*`],"
@@ -309,6 +314,18 @@ static const row rows[] = {
      0},
     {"fin", "finance", "", "marketing/campaigns", "query", NULL, "", 0, NULL,
      "", 0, 0},
+    /* except purposes: only a declared purpose can be exempted */
+    {"rita", "research", "", "sales/orders", "query", "analytics", "", 1,
+     B "allow-research", "card:show_last", 0, 0},
+    {"rita", "research", "", "sales/orders", "query", "marketing", "", 0, NULL,
+     "", 0, 0},
+    {"rita", "research", "", "sales/orders", "query", NULL, "", 1,
+     B "allow-research", "card:show_last", 0, 0},
+    /* `?` matches one character */
+    {"gil", "glob", "", "sales/orders", "query", NULL, "", 1, B "allow-qmark",
+     "card:show_last", 0, 0},
+    {"gil", "glob", "", "sales/customers", "query", NULL, "", 0, NULL, "", 0,
+     0},
     /* subjects: names and groups are distinct, case-sensitive */
     {"nobody", "", "", "sales/orders", "query", NULL, "", 0, NULL, "", 0, 0},
     {"ann", "Analysts", "region=EU", "sales/orders", "query", NULL, "", 0, NULL,
@@ -910,7 +927,7 @@ static void test_hash_key_from_options(void)
     pol_mask_key_init(&expect, "test-key", 8);
     CU_ASSERT_EQUAL(memcmp(k, &expect, sizeof(expect)), 0);
     CU_ASSERT_EQUAL(pol_engine_product_count(engine), 4);
-    CU_ASSERT_EQUAL(pol_engine_rule_count(engine), 32);
+    CU_ASSERT_EQUAL(pol_engine_rule_count(engine), 34);
 }
 
 /* One engine shared by several threads, each with its own decision, gives
