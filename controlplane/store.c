@@ -8,6 +8,7 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,8 @@
 struct cp_store {
     etcd_client *etcd;
     char prefix[256];
+    pthread_mutex_t cache_lock;
+    json_t *cache; /* resource key -> [mod, versions, generation, doc] */
 };
 
 int cp_store_new(etcd_client *etcd, const char *prefix, cp_store **out,
@@ -39,6 +42,12 @@ int cp_store_new(etcd_client *etcd, const char *prefix, cp_store **out,
     if (s == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     s->etcd = etcd;
+    s->cache = json_object();
+    if (s->cache == NULL) {
+        free(s);
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    }
+    pthread_mutex_init(&s->cache_lock, NULL);
     /* Always end with '/', so "/polis" and "/polis/" mean the same. */
     snprintf(s->prefix, sizeof(s->prefix), "%s%s", prefix,
              prefix[len - 1] == '/' ? "" : "/");
@@ -48,6 +57,10 @@ int cp_store_new(etcd_client *etcd, const char *prefix, cp_store **out,
 
 void cp_store_free(cp_store *s)
 {
+    if (s == NULL)
+        return;
+    json_decref(s->cache);
+    pthread_mutex_destroy(&s->cache_lock);
     free(s);
 }
 
@@ -217,7 +230,7 @@ typedef struct write_plan {
 static int plan_alloc(write_plan *p, size_t n_docs)
 {
     p->ops = calloc(2 * n_docs + 2, sizeof(*p->ops));
-    p->cmps = calloc(n_docs + 1, sizeof(*p->cmps));
+    p->cmps = calloc(2 * n_docs + 1, sizeof(*p->cmps)); /* mod + history */
     p->bufs = calloc(4 * n_docs + 8, sizeof(*p->bufs));
     return p->ops && p->cmps && p->bufs ? 0 : -1;
 }
@@ -403,15 +416,89 @@ static int key_set_make(cp_store *s, const cp_change *changes, size_t n,
 }
 
 /*
- * Plan the write of changes against what was read; results filled.  Returns
- * the number of changed documents (0: nothing to write) or a negative
- * error.
+ * What the store holds for one touched resource: from a read, or from the
+ * cache of what this process last read or wrote.
+ */
+typedef struct doc_state {
+    char *doc;          /* stored canonical document; NULL: absent */
+    int64_t mod;        /* its mod revision; 0: absent */
+    int64_t versions;   /* history entries so far */
+    int64_t generation; /* the stored record's generation */
+} doc_state;
+
+static void states_free(doc_state *st, size_t n)
+{
+    for (size_t i = 0; st && i < n; i++)
+        free(st[i].doc);
+    free(st);
+}
+
+static void states_from_read(const etcd_txn_result *cur, doc_state *st,
+                             size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const etcd_kv *kv = current_kv(cur, i);
+        st[i].doc = kv ? record_document(kv) : NULL;
+        st[i].mod = kv ? kv->mod_revision : 0;
+        st[i].generation = kv ? record_generation(kv) : 0;
+        st[i].versions = current_versions(cur, i);
+    }
+}
+
+/*
+ * The cache lets a write skip its read: the write txn compares the cached
+ * mod revision, so a stale entry only costs a failed txn and a read.  An
+ * unknown key is guessed absent with no history (the common create), which
+ * the compare on the history key checks.  Bounded: cleared when full.
+ */
+#define CACHE_MAX 50000
+
+static void states_from_cache(cp_store *s, const key_set *k, doc_state *st)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    for (size_t i = 0; i < k->n; i++) {
+        json_t *e = json_object_get(s->cache, k->keys[i]);
+        const char *doc = json_string_value(json_array_get(e, 3));
+        st[i].mod = json_integer_value(json_array_get(e, 0));
+        st[i].versions = json_integer_value(json_array_get(e, 1));
+        st[i].generation = json_integer_value(json_array_get(e, 2));
+        st[i].doc = doc ? strdup(doc) : NULL;
+    }
+    pthread_mutex_unlock(&s->cache_lock);
+}
+
+static void cache_put(cp_store *s, const char *key, const doc_state *st)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    if (json_object_size(s->cache) >= CACHE_MAX)
+        json_object_clear(s->cache);
+    if (st->doc)
+        json_object_set_new(s->cache, key,
+                            json_pack("[I, I, I, s]", (json_int_t)st->mod,
+                                      (json_int_t)st->versions,
+                                      (json_int_t)st->generation, st->doc));
+    else
+        json_object_del(s->cache, key);
+    pthread_mutex_unlock(&s->cache_lock);
+}
+
+static void cache_drop(cp_store *s, const char *key)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    json_object_del(s->cache, key);
+    pthread_mutex_unlock(&s->cache_lock);
+}
+
+/*
+ * Plan the write of changes against the states; results filled.  Every
+ * document, changed or not, must still be at its state's mod revision, and
+ * a new history entry must not exist yet.  Returns the number of changed
+ * documents or a negative error.
  */
 static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
-                      const key_set *k, const etcd_txn_result *cur,
-                      const char *author, const char *at,
-                      cp_apply_result *results, write_plan *plan,
-                      polis_error *err)
+                      const key_set *k, const doc_state *st, const char *author,
+                      const char *at, cp_apply_result *results,
+                      write_plan *plan, polis_error *err)
 {
     json_t *audit_changes = json_array();
     int n_changed = 0;
@@ -421,27 +508,28 @@ static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     }
     for (size_t i = 0; i < n; i++) {
-        const etcd_kv *kv = current_kv(cur, i);
-        char *stored = kv ? record_document(kv) : NULL;
-        int64_t gen = current_versions(cur, i) + 1;
+        int64_t gen = st[i].versions + 1;
         char hkey[KEY_MAX], *rec;
 
-        if (kv && stored && strcmp(stored, changes[i].doc_json) == 0) {
+        plan_unchanged_since(plan, k->keys[i], st[i].mod);
+        if (st[i].doc && strcmp(st[i].doc, changes[i].doc_json) == 0) {
             results[i].action = "unchanged";
-            results[i].generation = record_generation(kv);
-            free(stored);
+            results[i].generation = st[i].generation;
             continue;
         }
-        free(stored);
-        results[i].action = kv ? "updated" : "created";
+        results[i].action = st[i].doc ? "updated" : "created";
         results[i].generation = gen;
         n_changed++;
         rec = plan_keep(plan, record_json(changes[i].doc_json, changes[i].scope,
                                           gen, author, at, false, err));
-        plan_unchanged_since(plan, k->keys[i], kv ? kv->mod_revision : 0);
         plan_put(plan, k->keys[i], rec);
         snprintf(hkey, sizeof(hkey), "%s%020" PRId64, k->hprefixes[i], gen);
         plan_put(plan, hkey, rec);
+        plan->cmps[plan->n_cmps++] =
+            (etcd_compare){.key = plan->ops[plan->n_ops - 1].key,
+                           .target = ETCD_CMP_CREATE,
+                           .op = ETCD_CMP_EQUAL,
+                           .number = 0};
         json_array_append_new(
             audit_changes,
             json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", changes[i].kind,
@@ -471,36 +559,69 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
     for (int attempt = 0; rc == 0; attempt++) {
         etcd_txn_result cur = {0}, wr = {0};
         write_plan plan = {0};
+        doc_state *st = calloc(n ? n : 1, sizeof(*st));
+        /* First try from the cache, unless the caller needs the exact
+         * stored state (dry run, read-modify-write). */
+        bool optimistic = attempt == 0 && !dry_run && expected_revision == 0;
         int n_changed = 0;
 
         now_rfc3339(at, sizeof(at));
-        rc = read_current(s, k.keys, k.hprefixes, n, &cur, err);
-        if (rc == 0 && expected_revision > 0)
-            rc = check_expected(&cur, k.keys, n, expected_revision, err);
+        if (st == NULL) {
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            break;
+        }
+        if (optimistic) {
+            states_from_cache(s, &k, st);
+        } else {
+            rc = read_current(s, k.keys, k.hprefixes, n, &cur, err);
+            if (rc == 0 && expected_revision > 0)
+                rc = check_expected(&cur, k.keys, n, expected_revision, err);
+            if (rc == 0)
+                states_from_read(&cur, st, n);
+            for (size_t i = 0; rc == 0 && i < n; i++)
+                cache_put(s, k.keys[i], &st[i]);
+        }
         if (rc == 0) {
-            n_changed = plan_apply(s, changes, n, &k, &cur, author, at, results,
+            n_changed = plan_apply(s, changes, n, &k, st, author, at, results,
                                    &plan, err);
             rc = n_changed < 0 ? n_changed : 0;
         }
-        if (rc == 0 && n_changed > 0 && !dry_run)
+        /* Nothing to write after a read: done.  From the cache, the
+         * compares alone confirm that nothing changed. */
+        if (rc == 0 && !dry_run && (n_changed > 0 || optimistic))
             rc = etcd_txn(s->etcd, plan.cmps, plan.n_cmps, plan.ops, plan.n_ops,
                           NULL, 0, &wr, err);
+        for (size_t i = 0; rc == 0 && wr.succeeded && i < n; i++) {
+            if (strcmp(results[i].action, "unchanged") == 0)
+                continue;
+            free(st[i].doc);
+            st[i] = (doc_state){.doc = strdup(changes[i].doc_json),
+                                .mod = wr.revision,
+                                .versions = results[i].generation,
+                                .generation = results[i].generation};
+            cache_put(s, k.keys[i], &st[i]);
+        }
         plan_free(&plan);
+        states_free(st, n);
         etcd_txn_result_free(&cur);
-        if (rc || n_changed == 0 || dry_run || wr.succeeded) {
-            if (rc == 0 && wr.succeeded)
+        if (rc || dry_run || wr.succeeded || (n_changed == 0 && !optimistic)) {
+            if (rc == 0 && wr.succeeded && n_changed > 0)
                 *revision_out = wr.revision;
             etcd_txn_result_free(&wr);
             break;
         }
         etcd_txn_result_free(&wr);
-        /* A document changed between the read and the write: read again
-         * (an expected_revision is then checked against the new state). */
+        /* The cache was stale, or a document changed between the read and
+         * the write: read again (an expected_revision is then checked
+         * against the new state). */
+        for (size_t i = 0; i < n; i++)
+            cache_drop(s, k.keys[i]);
         if (attempt + 1 >= APPLY_RETRIES) {
             rc = gave_up(err);
             break;
         }
-        backoff(attempt);
+        if (!optimistic)
+            backoff(attempt);
     }
     key_set_free(&k);
     return rc;
@@ -856,6 +977,7 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
             if (rc == 0 && wr.succeeded)
                 *revision_out = wr.revision;
         }
+        cache_drop(s, k.keys[0]);
         free(doc);
         json_decref(changes);
         plan_free(&plan);

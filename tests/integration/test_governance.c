@@ -1439,6 +1439,65 @@ static void test_help_and_bad_flag(void)
 
 /* ============================================================= suites */
 
+/*
+ * Two replicas on one etcd: each caches what it last wrote, so the second
+ * replica's write makes the first one's cache stale.  The stale write must
+ * fail its compare, re-read and land as the next version, never overwrite
+ * blindly or report "unchanged" for a document that changed elsewhere.
+ */
+static void test_two_replicas_stale_cache(void)
+{
+    cpenv_options o = {.etcd_endpoints = env->etcd_endpoints};
+    cpenv *other = cpenv_start(&o);
+    rpc_channel *chan2;
+    Polis__V1__ApplyResponse *r = NULL;
+    rpc_status st = {0};
+    char *v1 = domain_doc("replicated", "a@example.com");
+    char *v2 = domain_doc("replicated", "b@example.com");
+    doc d1 = {"r1.json", v1}, d2 = {"r2.json", v2};
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    chan2 = cpenv_channel(other);
+    CU_ASSERT_EQUAL(apply_on(chan, &d1, 1, 0, false, AUTHOR, &r, &st), RPC_OK);
+    free_msg(r);
+    /* Replica 2 changes it; replica 1 still caches v1. */
+    CU_ASSERT_EQUAL(apply_on(chan2, &d2, 1, 0, false, AUTHOR, &r, &st), RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r->results[0]->action, "updated");
+    free_msg(r);
+    /* Replica 1 writes v1 again: it must see v2 and update (gen 3). */
+    CU_ASSERT_EQUAL_FATAL(apply_on(chan, &d1, 1, 0, false, AUTHOR, &r, &st),
+                          RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r->results[0]->action, "updated");
+    CU_ASSERT_EQUAL(r->results[0]->generation, 3);
+    free_msg(r);
+    /* And v1 once more is unchanged on both replicas. */
+    CU_ASSERT_EQUAL(apply_on(chan2, &d1, 1, 0, false, AUTHOR, &r, &st), RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r->results[0]->action, "unchanged");
+    free_msg(r);
+    /* Deleted on replica 2 and re-created on replica 1 (whose cache
+     * still holds the resource): the history numbering continues. */
+    {
+        Polis__V1__DeleteRequest dreq = POLIS__V1__DELETE_REQUEST__INIT;
+        ProtobufCMessage *dresp = NULL;
+        dreq.kind = "Domain";
+        dreq.name = "replicated";
+        CU_ASSERT_EQUAL(rpc_unary(chan2, &polis__v1__governance__descriptor,
+                                  "Delete", &dreq.base, &dresp, NULL, 0,
+                                  CALL_TIMEOUT_MS, &st),
+                        RPC_OK);
+        free_msg(dresp);
+    }
+    CU_ASSERT_EQUAL_FATAL(apply_on(chan, &d2, 1, 0, false, AUTHOR, &r, &st),
+                          RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r->results[0]->action, "created");
+    CU_ASSERT_EQUAL(r->results[0]->generation, 5);
+    free_msg(r);
+    rpc_channel_free(chan2);
+    CU_ASSERT_EQUAL(cpenv_stop(other), 0);
+    free(v1);
+    free(v2);
+}
+
 static const test_case crud_cases[] = {
     {"apply_create_unchanged_update", test_apply_create_unchanged_update},
     {"get_and_list", test_get_and_list},
@@ -1464,6 +1523,7 @@ static const test_case bad_cases[] = {
 
 static const test_case concurrency_cases[] = {
     {"expected_revision_one_winner", test_expected_revision_one_winner},
+    {"two_replicas_stale_cache", test_two_replicas_stale_cache},
     {"concurrent_burst_all_succeed", test_concurrent_burst_all_succeed},
     {"sustained_contention_all_succeed", test_sustained_contention_all_succeed},
     {"delete_domain_in_use", test_delete_domain_in_use},
