@@ -769,6 +769,75 @@ static void test_controlplane_crash(void)
     json_decref(before);
 }
 
+/* Sidecar ids starting with `prefix` in Governance.Sidecars whose latest
+ * pushed revision is at least min_latest; -1 on error. */
+static int count_listed(const char *prefix, int64_t min_latest)
+{
+    Polis__V1__SidecarsRequest req = POLIS__V1__SIDECARS_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    Polis__V1__SidecarsResponse *r;
+    int n = 0;
+
+    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Sidecars",
+                  &req.base, &resp, NULL, 0, 5000, NULL) != RPC_OK)
+        return -1;
+    r = (Polis__V1__SidecarsResponse *)resp;
+    for (size_t i = 0; i < r->n_sidecars; i++)
+        if (strncmp(r->sidecars[i]->id, prefix, strlen(prefix)) == 0 &&
+            r->sidecars[i]->latest_revision >= min_latest)
+            n++;
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return n;
+}
+
+/* Wait until all `want` fleet-* sidecars are listed with latest >= min. */
+static int wait_listed(fake *fleet, int want, int64_t min_latest)
+{
+    int64_t until = now_ms() + STATUS_WAIT_MS;
+    int listed = -1;
+
+    while (now_ms() < until) {
+        listed = count_listed("fleet-", min_latest);
+        if (listed == want)
+            break;
+        for (int i = 0; i < want; i++)
+            fake_keepalive(&fleet[i]);
+        nap_ms(200);
+    }
+    if (listed != want)
+        fprintf(stderr,
+                "\nGovernance.Sidecars lists %d of %d connected sidecars "
+                "with a push at revision >= %lld after %d ms\n",
+                listed, want, (long long)min_latest, STATUS_WAIT_MS);
+    return listed;
+}
+
+/* More sidecars than an etcd txn takes operations by default (128, etcd's
+ * --max-txn-ops) are pushed a change at once: the status of every one is
+ * written all the same. */
+static void test_status_of_many_sidecars(void)
+{
+    enum { FLEET = 150 };
+    static fake fleet[FLEET];
+    char ids[FLEET][32];
+    int opened = 0;
+    int64_t rev;
+
+    for (int i = 0; i < FLEET; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "fleet-%03d", i);
+        if (fake_open(&fleet[i], ids[i], i % 2 ? "sales" : "crm") == 0)
+            opened++;
+    }
+    CU_ASSERT_EQUAL(opened, FLEET);
+    CU_ASSERT_EQUAL(wait_listed(fleet, FLEET, 0), FLEET);
+    /* One global change: FLEET pushes, FLEET status records at once. */
+    rev = apply_policy("fleet-change", "global", "r", "allow", "bob", "crm/*");
+    CU_ASSERT(rev > 0);
+    CU_ASSERT_EQUAL(wait_listed(fleet, FLEET, rev), FLEET);
+    for (int i = 0; i < FLEET; i++)
+        fake_close(&fleet[i]);
+}
+
 /* How often `needle` occurs in the control plane's log. */
 static int log_count(const char *needle)
 {
@@ -897,6 +966,7 @@ static const test_case stream_cases[] = {
     {"domain_isolation", test_domain_isolation},
     {"nack_status", test_nack_status},
     {"compaction_resync", test_compaction_resync_stream},
+    {"status_of_many_sidecars", test_status_of_many_sidecars},
     {NULL, NULL},
 };
 
