@@ -4,6 +4,7 @@
  * with SIGTERM then SIGKILL, restart on the same data dir and ports.
  */
 #include "common/etcd_server.h"
+#include "common/process.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -68,91 +69,6 @@ static void sleep_ms(int ms)
 
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
-}
-
-/* Binds port 0 on host and returns the port the kernel chose, or -1. */
-static int free_port(const char *host)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int port = -1;
-
-    if (fd < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
-/* The last bytes of the log, for error messages ("" when unreadable). */
-static void log_tail(const char *path, char *buf, size_t len)
-{
-    int fd;
-    off_t size;
-    ssize_t n;
-
-    buf[0] = '\0';
-    if (path == NULL || len < 2)
-        return;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    size = lseek(fd, 0, SEEK_END);
-    if (size > (off_t)(len - 1))
-        lseek(fd, size - (off_t)(len - 1), SEEK_SET);
-    else
-        lseek(fd, 0, SEEK_SET);
-    n = read(fd, buf, len - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-}
-
-/* Looks `name` up on PATH unless it has a slash.  Caller frees. */
-static char *resolve_binary(const char *name)
-{
-    const char *path = getenv("PATH");
-    char candidate[4096];
-
-    if (strchr(name, '/'))
-        return strdup(name);
-    if (path == NULL)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *colon = strchr(path, ':');
-        size_t len = colon ? (size_t)(colon - path) : strlen(path);
-        snprintf(candidate, sizeof(candidate), "%.*s/%s", (int)len, path, name);
-        if (len > 0 && access(candidate, X_OK) == 0)
-            return strdup(candidate);
-        path += len;
-        if (*path == ':')
-            path++;
-    }
-    return NULL;
-}
-
-static void close_from(int lowfd, int keep)
-{
-    long max = sysconf(_SC_OPEN_MAX);
-
-#ifdef SYS_close_range
-    if (keep > lowfd &&
-        syscall(SYS_close_range, (unsigned)lowfd, (unsigned)keep - 1, 0) == 0 &&
-        syscall(SYS_close_range, (unsigned)keep + 1, ~0U, 0) == 0)
-        return;
-#endif
-    if (max < 0 || max > 65536)
-        max = 65536;
-    for (int fd = lowfd; fd < max; fd++) {
-        if (fd != keep)
-            close(fd);
-    }
 }
 
 /*
@@ -235,7 +151,7 @@ static int spawn(etcd_server *s, polis_error *err)
         dup2(fd, 2);
         if (fd > 2)
             close(fd);
-        close_from(3, pipefd[1]);
+        proc_close_fds_from(3, pipefd[1]);
         execv(s->binary, (char *const *)argv);
         child_errno = errno;
         n = write(pipefd[1], &child_errno, sizeof(child_errno));
@@ -344,7 +260,7 @@ static int start_once(etcd_server *s, bool *retry, polis_error *err)
             return POLIS_OK;
         }
         if (reap(s, WNOHANG, &status)) {
-            log_tail(s->log_file, tail, sizeof(tail));
+            proc_file_tail(s->log_file, tail, sizeof(tail));
             describe_status(status, what, sizeof(what));
             *retry = (s->client_auto || s->peer_auto) &&
                      strstr(tail, "address already in use");
@@ -361,7 +277,7 @@ static int start_once(etcd_server *s, bool *retry, polis_error *err)
     }
     curl_easy_cleanup(h);
     etcd_server_stop(s, 1000, NULL, NULL);
-    log_tail(s->log_file, tail, sizeof(tail));
+    proc_file_tail(s->log_file, tail, sizeof(tail));
     return polis_error_set(err, POLIS_ETIMEDOUT, s->endpoint,
                            "etcd not healthy within %d ms; log %s ends:\n%s",
                            s->start_timeout_ms,
@@ -379,9 +295,9 @@ static int start_with_retries(etcd_server *s, bool new_ports, polis_error *err)
              * the other they can coincide, hence the loop. */
             for (int i = 0; i < 8; i++) {
                 if (s->client_auto)
-                    s->client_port = free_port(s->host);
+                    s->client_port = proc_free_port(s->host);
                 if (s->peer_auto)
-                    s->peer_port = free_port(s->host);
+                    s->peer_port = proc_free_port(s->host);
                 if (s->client_port != s->peer_port)
                     break;
             }
@@ -437,7 +353,7 @@ int etcd_server_start(const etcd_server_options *opts, etcd_server **out,
     bin = opts->binary ? opts->binary : getenv("POLIS_ETCD_BIN");
     if (bin == NULL || bin[0] == '\0')
         bin = "etcd";
-    s->binary = resolve_binary(bin);
+    s->binary = proc_find_on_path(bin);
     if (s->binary == NULL) {
         free(s);
         return polis_error_set(err, POLIS_ENOTFOUND, "etcd server",

@@ -4,6 +4,7 @@
  * registry that the exit and signal handlers walk.
  */
 #include "tests/support/testenv.h"
+#include "common/process.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -175,47 +176,9 @@ const char *testenv_tmpdir(const char *tag)
 
 int testenv_free_port(void)
 {
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int port = -1;
-
-    if (fd < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    return proc_free_port(NULL);
 }
 
-static char *find_on_path(const char *name)
-{
-    const char *path = getenv("PATH");
-    char candidate[4096];
-
-    if (strchr(name, '/'))
-        return strdup(name);
-    if (path == NULL)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *colon = strchr(path, ':');
-        size_t len = colon ? (size_t)(colon - path) : strlen(path);
-        snprintf(candidate, sizeof(candidate), "%.*s/%s", (int)len, path, name);
-        if (len > 0 && access(candidate, X_OK) == 0)
-            return strdup(candidate);
-        path += len;
-        if (*path == ':')
-            path++;
-    }
-    return NULL;
-}
-
-/* environ with env_add laid over it (same NAME replaced).  Caller frees
- * the array only; the strings are borrowed. */
 static char **build_env(const char *const env_add[])
 {
     size_t n_env = 0, n_add = 0, n = 0;
@@ -258,7 +221,7 @@ testenv_proc *testenv_spawn(const char *const argv[],
     pthread_once(&reg_once, reg_init);
     if (argv == NULL || argv[0] == NULL)
         return NULL;
-    bin = find_on_path(argv[0]);
+    bin = proc_find_on_path(argv[0]);
     if (bin == NULL) {
         fprintf(stderr, "testenv: %s not found on PATH\n", argv[0]);
         return NULL;
