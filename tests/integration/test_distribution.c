@@ -189,7 +189,7 @@ static int wait_status(const char *id, const char *state, int64_t min_applied,
 /* Write a resource record straight into etcd, as an operator with etcdctl
  * would, around the control plane's validation. */
 static int etcd_put_record(const char *kind_key_scope, const char *name,
-                           const char *doc_json)
+                           const char *doc_json, int64_t *rev_out)
 {
     char key[256], *val = NULL;
     polis_error err = {0};
@@ -203,33 +203,22 @@ static int etcd_put_record(const char *kind_key_scope, const char *name,
                  "\"2026-01-01T00:00:00Z\"}",
                  doc_json) < 0)
         return -1;
-    rc = etcd_put(etcd, key, val, strlen(val), 0, NULL, &err);
+    rc = etcd_put(etcd, key, val, strlen(val), 0, rev_out, &err);
     if (rc)
         fprintf(stderr, "\netcd put %s: %s\n", key, err.message);
     free(val);
     return rc;
 }
 
-static int etcd_del_record(const char *kind_key_scope, const char *name)
+static int etcd_del_record(const char *kind_key_scope, const char *name,
+                           int64_t *rev_out)
 {
     char key[256];
     polis_error err = {0};
 
     snprintf(key, sizeof(key), "%sresources/%s/%s", PREFIX, kind_key_scope,
              name);
-    return etcd_delete(etcd, key, false, NULL, NULL, &err);
-}
-
-static int64_t etcd_revision(void)
-{
-    etcd_range_result r = {0};
-    polis_error err = {0};
-    int64_t rev = -1;
-
-    if (etcd_range(etcd, PREFIX "nothing-here", NULL, &r, &err) == 0)
-        rev = r.revision;
-    etcd_range_result_free(&r);
-    return rev;
+    return etcd_delete(etcd, key, false, NULL, rev_out, &err);
 }
 
 static size_t discard(char *p, size_t size, size_t nmemb, void *ud)
@@ -321,6 +310,14 @@ static int stop_controlplane(void)
     cpenv_stop(cp);
     cp = NULL;
     return 0;
+}
+
+static int stream_init(void)
+{
+    if (start_controlplane() == 0)
+        return 0;
+    stop_controlplane();
+    return -1;
 }
 
 /* ============================ suite "stream" ============================ */
@@ -550,13 +547,19 @@ static sidecarenv *start_sidecar(const char *domain, const char *id)
     return sidecarenv_start(&o);
 }
 
+static int sidecar_cleanup(void);
+
+/* CUnit runs no cleanup after a failed init: clean up here. */
 static int sidecar_init(void)
 {
-    if (start_controlplane() != 0)
-        return -1;
-    sales_sc = start_sidecar("sales", "sales-1");
-    crm_sc = start_sidecar("crm", "crm-1");
-    return sales_sc && crm_sc ? 0 : -1;
+    if (start_controlplane() == 0) {
+        sales_sc = start_sidecar("sales", "sales-1");
+        crm_sc = start_sidecar("crm", "crm-1");
+        if (sales_sc && crm_sc)
+            return 0;
+    }
+    sidecar_cleanup();
+    return -1;
 }
 
 static int sidecar_cleanup(void)
@@ -700,8 +703,8 @@ static void test_nack_keeps_old_snapshot(void)
     CU_ASSERT_FATAL(before != NULL);
     CU_ASSERT(allowed(before));
 
-    CU_ASSERT_FATAL(etcd_put_record("policy/global", "broken", broken_policy) ==
-                    0);
+    CU_ASSERT_FATAL(
+        etcd_put_record("policy/global", "broken", broken_policy, NULL) == 0);
     CU_ASSERT_EQUAL(
         wait_status("sales-1", "NACKED", 0, STATUS_WAIT_MS, NULL, NULL, &st),
         0);
@@ -715,8 +718,7 @@ static void test_nack_keeps_old_snapshot(void)
     json_decref(after);
 
     /* Fixed in etcd: a good snapshot again, ACKed. */
-    CU_ASSERT_EQUAL(etcd_del_record("policy/global", "broken"), 0);
-    rev = etcd_revision();
+    CU_ASSERT_EQUAL(etcd_del_record("policy/global", "broken", &rev), 0);
     CU_ASSERT_EQUAL(
         wait_status("sales-1", "SYNCED", rev, STATUS_WAIT_MS, NULL, NULL, &st),
         0);
@@ -868,9 +870,8 @@ static int64_t compact_behind_controlplane(const char *name, const char *v1,
     if (testenv_proc_kill(cp->proc, SIGSTOP) != 0)
         return -1;
     ok &= testenv_etcd_restart(cp->etcd) == 0;
-    ok &= etcd_put_record("policy/global", name, v1) == 0;
-    ok &= etcd_put_record("policy/global", name, v2) == 0;
-    rev = etcd_revision();
+    ok &= etcd_put_record("policy/global", name, v1, NULL) == 0;
+    ok &= etcd_put_record("policy/global", name, v2, &rev) == 0;
     snprintf(url, sizeof(url), "%s/v3/kv/compaction", cp->etcd->endpoint);
     snprintf(body, sizeof(body), "{\"revision\":\"%lld\"}", (long long)rev);
     ok &= rev > 0 && post_json(url, body) == 200;
@@ -931,7 +932,7 @@ static void test_compaction_resync_stream(void)
     CU_ASSERT(found);
     CU_ASSERT(log_count("watch compacted") > seen_before);
     fake_close(&f);
-    etcd_del_record("policy/global", "compacted");
+    etcd_del_record("policy/global", "compacted", NULL);
     free(v1);
     free(v2);
 }
@@ -979,7 +980,7 @@ static const test_case sidecar_cases[] = {
 };
 
 static const test_suite suites[] = {
-    {"stream", start_controlplane, stop_controlplane, stream_cases},
+    {"stream", stream_init, stop_controlplane, stream_cases},
     {"sidecar", sidecar_init, sidecar_cleanup, sidecar_cases},
     {NULL, NULL, NULL, NULL},
 };
