@@ -333,7 +333,8 @@ static int fake_send(fake *f, Polis__V1__SidecarMessage *m)
     return rpc_stream_send(f->s, &m->base);
 }
 
-static int fake_open(fake *f, const char *id, const char *domain)
+static int fake_open_at(fake *f, const char *id, const char *domain,
+                        int64_t applied_revision, const char *applied_digest)
 {
     Polis__V1__Hello h = POLIS__V1__HELLO__INIT;
     Polis__V1__SidecarMessage m = POLIS__V1__SIDECAR_MESSAGE__INIT;
@@ -349,9 +350,16 @@ static int fake_open(fake *f, const char *id, const char *domain)
     h.sidecar_id = (char *)id;
     h.domain = (char *)domain;
     h.version = "test";
+    h.applied_revision = applied_revision;
+    h.applied_digest = (char *)(applied_digest ? applied_digest : "");
     m.msg_case = POLIS__V1__SIDECAR_MESSAGE__MSG_HELLO;
     m.hello = &h;
     return fake_send(f, &m);
+}
+
+static int fake_open(fake *f, const char *id, const char *domain)
+{
+    return fake_open_at(f, id, domain, 0, NULL);
 }
 
 static void fake_keepalive(void *ud)
@@ -771,6 +779,76 @@ static void test_controlplane_crash(void)
     json_decref(before);
 }
 
+/* A sidecar that comes back with the content in force (its disk copy) is
+ * not sent it again, and shows SYNCED. */
+static void test_hello_with_current_digest(void)
+{
+    fake f;
+    Polis__V1__ControlMessage *cm;
+    char digest[80];
+    int64_t rev;
+    sc_status st;
+
+    CU_ASSERT_FATAL(fake_open(&f, "fake-sales-2", "sales") == 0);
+    cm = fake_snapshot(&f, 5000);
+    CU_ASSERT_FATAL(cm != NULL);
+    rev = cm->snapshot->revision;
+    snprintf(digest, sizeof(digest), "%s", cm->snapshot->digest);
+    CU_ASSERT_EQUAL(fake_ack(&f, cm->snapshot), 0);
+    protobuf_c_message_free_unpacked(&cm->base, NULL);
+    fake_close(&f);
+
+    CU_ASSERT_FATAL(fake_open_at(&f, "fake-sales-2", "sales", rev, digest) ==
+                    0);
+    cm = fake_snapshot(&f, 1000);
+    CU_ASSERT(cm == NULL);
+    if (cm)
+        protobuf_c_message_free_unpacked(&cm->base, NULL);
+    CU_ASSERT_EQUAL(wait_status("fake-sales-2", "SYNCED", rev, STATUS_WAIT_MS,
+                                fake_keepalive, &f, &st),
+                    0);
+    CU_ASSERT_EQUAL(st.applied, st.latest);
+    fake_close(&f);
+}
+
+/* A sidecar that goes silent is cut after three keepalive periods (3 s
+ * here) and shown DISCONNECTED. */
+static void test_silent_sidecar_is_dropped(void)
+{
+    fake f;
+    Polis__V1__ControlMessage *cm;
+    rpc_status rs = {0};
+    int64_t start, until, ended_after = -1;
+
+    CU_ASSERT_FATAL(fake_open(&f, "fake-silent", "crm") == 0);
+    cm = fake_snapshot(&f, 5000);
+    CU_ASSERT_FATAL(cm != NULL);
+    CU_ASSERT_EQUAL(fake_ack(&f, cm->snapshot), 0);
+    protobuf_c_message_free_unpacked(&cm->base, NULL);
+    start = now_ms();
+    until = start + 8000;
+    while (now_ms() < until) {
+        ProtobufCMessage *msg = NULL;
+        int rc = rpc_stream_recv(f.s, &msg, 200); /* no keepalive sent */
+
+        if (rc == 1) {
+            protobuf_c_message_free_unpacked(msg, NULL);
+            continue;
+        }
+        if (rc == POLIS_ETIMEDOUT)
+            continue;
+        ended_after = now_ms() - start;
+        break;
+    }
+    CU_ASSERT(ended_after >= 2500 && ended_after <= 6000);
+    printf("(dropped after %lld ms) ", (long long)ended_after);
+    CU_ASSERT_EQUAL(rpc_stream_status(f.s, &rs), RPC_UNAVAILABLE);
+    CU_ASSERT_EQUAL(wait_status("fake-silent", "DISCONNECTED", 0,
+                                STATUS_WAIT_MS, NULL, NULL, NULL),
+                    0);
+    fake_close(&f);
+}
+
 /* Sidecar ids starting with `prefix` in Governance.Sidecars whose latest
  * pushed revision is at least min_latest; -1 on error. */
 static int count_listed(const char *prefix, int64_t min_latest)
@@ -966,6 +1044,8 @@ static void test_compaction_resync(void)
 static const test_case stream_cases[] = {
     {"domain_isolation", test_domain_isolation},
     {"nack_status", test_nack_status},
+    {"hello_with_current_digest", test_hello_with_current_digest},
+    {"silent_sidecar_is_dropped", test_silent_sidecar_is_dropped},
     {"compaction_resync", test_compaction_resync_stream},
     {"status_of_many_sidecars", test_status_of_many_sidecars},
     {NULL, NULL},
