@@ -811,6 +811,69 @@ static void test_hello_with_current_digest(void)
     fake_close(&f);
 }
 
+/* Every resource of a snapshot is named as its document names it. */
+static int snapshot_names_consistent(const Polis__V1__Snapshot *s)
+{
+    int ok = 1;
+
+    for (size_t i = 0; i < s->n_resources; i++) {
+        const Polis__V1__Resource *r = s->resources[i];
+        json_t *doc = json_loads(r->document_json, 0, NULL);
+        const char *name = jstr(json_object_get(doc, "metadata"), "name");
+
+        if (doc == NULL || strcmp(r->name, name) != 0) {
+            fprintf(stderr,
+                    "\nsnapshot resource %zu (%s): name \"%.40s\", its "
+                    "document says \"%s\"\n",
+                    i, r->kind, r->name, name);
+            ok = 0;
+        }
+        json_decref(doc);
+    }
+    return ok;
+}
+
+/*
+ * A resource rewritten in etcd with the same document (an operator's
+ * etcdctl put, a restore) changes no snapshot's content; a sidecar that
+ * connects afterwards must still get a whole, well-formed snapshot.
+ */
+static void test_unchanged_rewrite_then_hello(void)
+{
+    fake a, b;
+    Polis__V1__ControlMessage *cm;
+    int64_t rev = 0;
+    const char *council = mesh_docs[6];
+
+    CU_ASSERT_FATAL(strstr(council, "\"council\"") != NULL);
+    CU_ASSERT_FATAL(fake_open(&a, "fake-crm-3", "crm") == 0);
+    cm = fake_snapshot(&a, 5000);
+    CU_ASSERT_FATAL(cm != NULL);
+    CU_ASSERT(snapshot_names_consistent(cm->snapshot));
+    CU_ASSERT_EQUAL(fake_ack(&a, cm->snapshot), 0);
+    protobuf_c_message_free_unpacked(&cm->base, NULL);
+
+    /* Rewritten twice, so that freed memory is likely reused. */
+    CU_ASSERT(etcd_put_record("policy/global", "council", council, NULL) == 0);
+    CU_ASSERT(etcd_put_record("policy/global", "council", council, &rev) == 0);
+    cm = fake_snapshot(&a, 500); /* same content: nothing pushed */
+    CU_ASSERT(cm == NULL);
+    if (cm)
+        protobuf_c_message_free_unpacked(&cm->base, NULL);
+
+    CU_ASSERT_FATAL(fake_open(&b, "fake-crm-4", "crm") == 0);
+    cm = fake_snapshot(&b, 5000);
+    CU_ASSERT(cm != NULL);
+    if (cm) {
+        CU_ASSERT(snapshot_names_consistent(cm->snapshot));
+        CU_ASSERT_EQUAL(count_policies(cm->snapshot, "global", "council"), 1);
+        protobuf_c_message_free_unpacked(&cm->base, NULL);
+    }
+    CU_ASSERT(testenv_proc_alive(cp->proc));
+    fake_close(&b);
+    fake_close(&a);
+}
+
 /* A sidecar that goes silent is cut after three keepalive periods (3 s
  * here) and shown DISCONNECTED. */
 static void test_silent_sidecar_is_dropped(void)
@@ -1046,6 +1109,7 @@ static const test_case stream_cases[] = {
     {"nack_status", test_nack_status},
     {"hello_with_current_digest", test_hello_with_current_digest},
     {"silent_sidecar_is_dropped", test_silent_sidecar_is_dropped},
+    {"unchanged_rewrite_then_hello", test_unchanged_rewrite_then_hello},
     {"compaction_resync", test_compaction_resync_stream},
     {"status_of_many_sidecars", test_status_of_many_sidecars},
     {NULL, NULL},
