@@ -1,0 +1,318 @@
+/*
+ * main.c — polis-sidecar: configuration, the snapshot restored from the
+ * state dir, the subscriber thread (Distribution.Subscribe), the Check API
+ * on HTTP (--listen) and gRPC (--grpc-listen), the admin endpoints, signal
+ * handling and graceful shutdown.  docs/sidecar.md is the user's guide.
+ */
+#include "common/admin_http.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/rpc.h"
+#include "sidecar/authorizer.h"
+#include "sidecar/checker.h"
+#include "sidecar/http_api.h"
+#include "sidecar/snapshot.h"
+#include "sidecar/subscriber.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct sc_config {
+    char domain[64];
+    char controlplane[2048];
+    char id[256];
+    char state_dir[1024];
+    char listen[256];
+    char grpc_listen[256];
+    char admin_listen[256];
+    int keepalive_ms;
+    int grpc_workers;
+    int shutdown_grace_ms;
+    char log_level[16];
+    char log_format[16];
+} sc_config;
+
+#define OPT(name, type, field, def, min, max, help)                            \
+    {                                                                          \
+        name, type, offsetof(sc_config, field),                                \
+            sizeof(((sc_config *)0)->field), def, min, max, help               \
+    }
+
+static const config_option sc_options[] = {
+    OPT("domain", CONFIG_STRING, domain, "", 0, 0,
+        "the domain this sidecar serves (required)"),
+    OPT("controlplane", CONFIG_STRING, controlplane, "127.0.0.1:7400", 0, 0,
+        "control-plane gRPC addresses, comma-separated, tried in turn"),
+    OPT("id", CONFIG_STRING, id, "", 0, 0,
+        "sidecar id reported to the control plane; empty: "
+        "<hostname>-<domain>"),
+    OPT("state-dir", CONFIG_STRING, state_dir, "", 0, 0,
+        "where the last good snapshot is kept; empty: "
+        "./polis-sidecar-<domain>"),
+    OPT("listen", CONFIG_STRING, listen, "127.0.0.1:7480", 0, 0,
+        "HTTP address of the Check API (POST /v1/check)"),
+    OPT("grpc-listen", CONFIG_STRING, grpc_listen, "127.0.0.1:7482", 0, 0,
+        "gRPC address of polis.v1.Authorizer/Check"),
+    OPT("admin-listen", CONFIG_STRING, admin_listen, "127.0.0.1:7481", 0, 0,
+        "HTTP address for /healthz, /readyz and /metrics"),
+    OPT("keepalive-ms", CONFIG_INT, keepalive_ms, "10000", 100, 600000,
+        "keepalive period on the control-plane stream (3 missed: "
+        "reconnect)"),
+    OPT("grpc-workers", CONFIG_INT, grpc_workers, "4", 1, 64,
+        "gRPC worker threads answering Authorizer.Check"),
+    OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
+        "how long live calls may finish on shutdown"),
+    OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
+        "debug, info, warn or error"),
+    OPT("log-format", CONFIG_STRING, log_format, "text", 0, 0,
+        "text (logfmt) or json"),
+};
+#define N_OPTIONS (sizeof(sc_options) / sizeof(sc_options[0]))
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: polis-sidecar --domain DOMAIN [flags]\n\n"
+            "The Polis sidecar: subscribes to its domain's snapshot from the "
+            "control plane,\nkeeps the last good one on disk and answers "
+            "access checks (HTTP POST /v1/check,\ngRPC "
+            "polis.v1.Authorizer/Check).\n\nFlags (also POLIS_<FLAG> in the "
+            "environment, e.g. POLIS_DOMAIN):\n");
+    config_print_help(out, sc_options, N_OPTIONS);
+}
+
+/* Everything the running process holds, torn down in reverse order. */
+typedef struct sc_runtime {
+    sc_config conf;
+    metrics *m;
+    sc_snapshot_slot *slot;
+    sc_checker *checker;
+    sc_subscriber *sub;
+    rpc_server *rpc;
+    sc_http *http;
+    admin_http *admin;
+} sc_runtime;
+
+/* /readyz: a snapshot is in force (connected or not: it still enforces). */
+static int readiness(void *ud, char *reason, size_t len)
+{
+    sc_runtime *rt = ud;
+    sc_snapshot *s = sc_snapshot_slot_get(rt->slot);
+
+    if (s == NULL) {
+        snprintf(reason, len, "no snapshot yet: denying every request");
+        return 1;
+    }
+    sc_snapshot_unref(s);
+    return 0;
+}
+
+static void on_report(void *ud, const sc_subscriber_report *r)
+{
+    (void)ud;
+    switch (r->event) {
+    case SC_SUB_CONNECTED:
+        log_info("connected to the control plane", "endpoint=%s", r->endpoint);
+        break;
+    case SC_SUB_DISCONNECTED:
+        log_warn("control-plane stream lost; enforcing the snapshot in force",
+                 "endpoint=%s reason=\"%s\"", r->endpoint, r->detail);
+        break;
+    case SC_SUB_APPLIED:
+        log_info("snapshot applied",
+                 "revision=%" PRId64 " digest=%.12s endpoint=%s", r->revision,
+                 r->digest, r->endpoint);
+        break;
+    case SC_SUB_REJECTED:
+        log_error("snapshot rejected (NACK); keeping the previous one",
+                  "revision=%" PRId64 " digest=%.12s error=\"%s\"", r->revision,
+                  r->digest, r->detail);
+        break;
+    case SC_SUB_SAVE_FAILED:
+        log_error("snapshot in force but not saved to disk",
+                  "revision=%" PRId64 " error=\"%s\"", r->revision, r->detail);
+        break;
+    }
+}
+
+static void restore(sc_runtime *rt)
+{
+    polis_error err = {0};
+    char msg[1024];
+    sc_snapshot *s;
+
+    if (sc_subscriber_restore(rt->sub, &err) != 0) {
+        if (err.code == POLIS_ENOTFOUND)
+            log_info("no saved snapshot; denying every request until the "
+                     "control plane sends one",
+                     "state_dir=%s", rt->conf.state_dir);
+        else
+            log_error("saved snapshot ignored", "state_dir=%s error=\"%s\"",
+                      rt->conf.state_dir,
+                      polis_error_format(&err, msg, sizeof(msg)));
+        return;
+    }
+    s = sc_snapshot_slot_get(rt->slot);
+    log_info("saved snapshot restored",
+             "revision=%" PRId64 " digest=%.12s resources=%zu",
+             sc_snapshot_revision(s), sc_snapshot_digest(s),
+             sc_snapshot_resource_count(s));
+    sc_snapshot_unref(s);
+}
+
+static int runtime_start(sc_runtime *rt, polis_error *err)
+{
+    sc_subscriber_options so = {0};
+    rpc_server_options ro = {0};
+    int rc;
+
+    rt->m = metrics_new();
+    rt->slot = sc_snapshot_slot_new();
+    if (rt->m == NULL || rt->slot == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    if ((rc = sc_checker_new(rt->conf.domain, rt->slot, rt->m, &rt->checker,
+                             err)))
+        return rc;
+    so.endpoints = rt->conf.controlplane;
+    so.id = rt->conf.id;
+    so.domain = rt->conf.domain;
+    so.address = rt->conf.listen;
+    so.state_dir = rt->conf.state_dir;
+    so.keepalive_ms = rt->conf.keepalive_ms;
+    so.report = on_report;
+    if ((rc = sc_subscriber_new(&so, rt->slot, rt->m, &rt->sub, err)))
+        return rc;
+    restore(rt);
+
+    ro.listen = rt->conf.grpc_listen;
+    ro.worker_threads = rt->conf.grpc_workers;
+    if ((rc = rpc_server_new(&ro, &rt->rpc, err)) ||
+        (rc = sc_authorizer_register(rt->rpc, rt->checker, err)))
+        return rc;
+    if ((rc = rpc_server_start(rt->rpc, err))) {
+        polis_error_prefix_where(err, "--grpc-listen");
+        return rc;
+    }
+    if ((rc = sc_http_start(rt->conf.listen, rt->checker, &rt->http, err))) {
+        polis_error_prefix_where(err, "--listen");
+        return rc;
+    }
+    if ((rc = admin_http_start(rt->conf.admin_listen, rt->m, readiness, rt,
+                               &rt->admin, err))) {
+        polis_error_prefix_where(err, "--admin-listen");
+        return rc;
+    }
+    if ((rc = sc_subscriber_start(rt->sub, err)))
+        return rc;
+    log_info("polis-sidecar serving",
+             "version=%s id=%s domain=%s controlplane=%s http_port=%d "
+             "grpc_port=%d admin_port=%d state_dir=%s",
+             POLIS_VERSION, rt->conf.id, rt->conf.domain, rt->conf.controlplane,
+             sc_http_port(rt->http), rpc_server_port(rt->rpc),
+             admin_http_port(rt->admin), rt->conf.state_dir);
+    return 0;
+}
+
+static void runtime_stop(sc_runtime *rt)
+{
+    /* Stop taking work first, then the threads that feed the checker. */
+    if (rt->rpc)
+        rpc_server_shutdown(rt->rpc, rt->conf.shutdown_grace_ms);
+    sc_http_free(rt->http);
+    sc_subscriber_free(rt->sub);
+    admin_http_free(rt->admin);
+    rpc_server_free(rt->rpc);
+    sc_checker_free(rt->checker);
+    sc_snapshot_slot_free(rt->slot);
+    metrics_free(rt->m);
+}
+
+/* Defaults that depend on other options. */
+static int finish_config(sc_config *c)
+{
+    char host[200];
+
+    if (c->domain[0] == '\0') {
+        fprintf(stderr, "polis-sidecar: --domain is required (or "
+                        "POLIS_DOMAIN)\nTry 'polis-sidecar --help'.\n");
+        return -1;
+    }
+    if (c->id[0] == '\0') {
+        if (gethostname(host, sizeof(host)) != 0)
+            snprintf(host, sizeof(host), "sidecar");
+        host[sizeof(host) - 1] = '\0';
+        snprintf(c->id, sizeof(c->id), "%s-%s", host, c->domain);
+    }
+    if (c->state_dir[0] == '\0')
+        snprintf(c->state_dir, sizeof(c->state_dir), "./polis-sidecar-%s",
+                 c->domain);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    sc_runtime rt = {0};
+    polis_error err = {0};
+    char msg[1024];
+    int help = 0, version = 0, level, sig;
+    sigset_t sigs;
+
+    if (config_load(sc_options, N_OPTIONS, &rt.conf, argc, argv, "POLIS_",
+                    &help, &version, &err) != 0) {
+        fprintf(stderr, "polis-sidecar: %s\n",
+                polis_error_format(&err, msg, sizeof(msg)));
+        fprintf(stderr, "Try 'polis-sidecar --help'.\n");
+        return 2;
+    }
+    if (help) {
+        usage(stdout);
+        return 0;
+    }
+    if (version) {
+        printf("polis-sidecar %s\n", POLIS_VERSION);
+        return 0;
+    }
+    if (finish_config(&rt.conf) != 0)
+        return 2;
+    level = log_level_parse(rt.conf.log_level);
+    if (level < 0) {
+        fprintf(stderr,
+                "polis-sidecar: --log-level: unknown level \"%s\" (debug, "
+                "info, warn, error)\n",
+                rt.conf.log_level);
+        return 2;
+    }
+    log_setup((enum log_level)level, strcmp(rt.conf.log_format, "json") == 0
+                                         ? LOG_FORMAT_JSON
+                                         : LOG_FORMAT_TEXT);
+
+    /* Signals go to this thread only: block them before any thread starts
+     * so that every thread inherits the mask. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (runtime_start(&rt, &err) != 0) {
+        log_error("cannot start", "error=\"%s\"",
+                  polis_error_format(&err, msg, sizeof(msg)));
+        runtime_stop(&rt);
+        return 1;
+    }
+    do
+        sig = sigwaitinfo(&sigs, NULL);
+    while (sig != SIGINT && sig != SIGTERM);
+    log_info("shutting down", "signal=%s",
+             sig == SIGINT ? "SIGINT" : "SIGTERM");
+    runtime_stop(&rt);
+    log_info("stopped", NULL);
+    return 0;
+}

@@ -1,0 +1,456 @@
+/*
+ * subscriber.c — Distribution.Subscribe, client side (subscriber.h).
+ *
+ * One thread owns the stream: it receives with a timeout no longer than a
+ * keepalive period, so it can send its own keepalives and notice a silent
+ * control plane (three periods without a message: the stream is dead)
+ * without a second thread.  sc_subscriber_free cancels the stream under
+ * the lock that publishes it, which wakes the receive at once.
+ */
+#include "sidecar/subscriber.h"
+#include "common/rpc.h"
+#include "polis/v1/distribution.pb-c.h"
+#include "sidecar/snapshot_store.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_ENDPOINTS   16
+#define ENDPOINT_MAX    256
+#define SNAPSHOT_MAX_MB 64 /* the control plane's own send limit */
+
+struct sc_subscriber {
+    char endpoints[MAX_ENDPOINTS][ENDPOINT_MAX];
+    size_t nendpoints;
+    char id[256], domain[256], address[256], state_dir[1024];
+    int keepalive_ms, backoff_min_ms, backoff_max_ms;
+    sc_subscriber_report_fn report;
+    void *report_ud;
+    sc_snapshot_slot *slot;
+    unsigned seed; /* jitter; touched by the thread only */
+
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock; /* guards stream, stopping; cond waits on it */
+    pthread_cond_t cond;
+    rpc_stream *stream;
+    bool stopping;
+    atomic_int connected;
+
+    metric_series *m_revision, *m_connected, *m_applied, *m_rejected;
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void report(sc_subscriber *s, sc_subscriber_event ev,
+                   const char *endpoint, int64_t revision, const char *digest,
+                   const char *detail)
+{
+    sc_subscriber_report r = {ev, endpoint, revision, digest, detail};
+
+    if (s->report)
+        s->report(s->report_ud, &r);
+}
+
+static int split_endpoints(sc_subscriber *s, const char *list, polis_error *err)
+{
+    const char *p = list;
+
+    while (p && *p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+
+        while (n > 0 && (*p == ' ')) {
+            p++;
+            n--;
+        }
+        while (n > 0 && p[n - 1] == ' ')
+            n--;
+        if (n > 0) {
+            if (s->nendpoints == MAX_ENDPOINTS)
+                return polis_error_set(err, POLIS_EINVAL, "--controlplane",
+                                       "more than %d endpoints", MAX_ENDPOINTS);
+            if (n >= ENDPOINT_MAX)
+                return polis_error_set(err, POLIS_EINVAL, "--controlplane",
+                                       "endpoint too long");
+            memcpy(s->endpoints[s->nendpoints], p, n);
+            s->endpoints[s->nendpoints++][n] = '\0';
+        }
+        p = comma ? comma + 1 : NULL;
+    }
+    if (s->nendpoints == 0)
+        return polis_error_set(err, POLIS_EINVAL, "--controlplane",
+                               "no control-plane address (host:port)");
+    return 0;
+}
+
+int sc_subscriber_new(const sc_subscriber_options *o, sc_snapshot_slot *slot,
+                      metrics *m, sc_subscriber **out, polis_error *err)
+{
+    sc_subscriber *s = calloc(1, sizeof(*s));
+    int rc;
+
+    if (s == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    if ((rc = split_endpoints(s, o->endpoints, err)) != 0) {
+        free(s);
+        return rc;
+    }
+    snprintf(s->id, sizeof(s->id), "%s", o->id ? o->id : "");
+    snprintf(s->domain, sizeof(s->domain), "%s", o->domain ? o->domain : "");
+    snprintf(s->address, sizeof(s->address), "%s",
+             o->address ? o->address : "");
+    snprintf(s->state_dir, sizeof(s->state_dir), "%s",
+             o->state_dir ? o->state_dir : ".");
+    s->keepalive_ms = o->keepalive_ms > 0 ? o->keepalive_ms : 10000;
+    s->backoff_min_ms = o->backoff_min_ms > 0 ? o->backoff_min_ms : 100;
+    s->backoff_max_ms = o->backoff_max_ms > 0 ? o->backoff_max_ms : 10000;
+    if (s->backoff_max_ms < s->backoff_min_ms)
+        s->backoff_max_ms = s->backoff_min_ms;
+    s->report = o->report;
+    s->report_ud = o->report_ud;
+    s->slot = slot;
+    s->seed = (unsigned)(wall_ms() ^ ((int64_t)getpid() << 16));
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    atomic_init(&s->connected, 0);
+    if (m) {
+        s->m_revision =
+            metrics_gauge(m, "polis_sidecar_snapshot_revision",
+                          "Revision of the snapshot in force (0: none)", NULL);
+        s->m_connected =
+            metrics_gauge(m, "polis_sidecar_connected",
+                          "1 while a stream to a control plane is up", NULL);
+        s->m_applied =
+            metrics_counter(m, "polis_sidecar_snapshots_applied_total",
+                            "Snapshots put in force (ACKed)", NULL);
+        s->m_rejected =
+            metrics_counter(m, "polis_sidecar_snapshots_rejected_total",
+                            "Snapshots rejected (NACKed)", NULL);
+        metric_set(s->m_revision, 0);
+        metric_set(s->m_connected, 0);
+    }
+    *out = s;
+    return 0;
+}
+
+int sc_subscriber_restore(sc_subscriber *s, polis_error *err)
+{
+    Polis__V1__Snapshot *pb = NULL;
+    sc_snapshot *snap = NULL;
+    int rc = sc_store_load(s->state_dir, &pb, err);
+
+    if (rc)
+        return rc;
+    rc = sc_snapshot_compile(pb, s->domain, &snap, err);
+    if (rc) {
+        polis_error_prefix_where(err, SC_STORE_FILE);
+        sc_store_free(pb);
+        return rc;
+    }
+    sc_store_free(pb);
+    metric_set(s->m_revision, sc_snapshot_revision(snap));
+    sc_snapshot_slot_set(s->slot, snap);
+    return 0;
+}
+
+/* ---- one stream ---- */
+
+static int send_msg(rpc_stream *st, Polis__V1__SidecarMessage *m)
+{
+    return rpc_stream_send(st, &m->base);
+}
+
+static int send_hello(sc_subscriber *s, rpc_stream *st)
+{
+    Polis__V1__SidecarMessage m = POLIS__V1__SIDECAR_MESSAGE__INIT;
+    Polis__V1__Hello h = POLIS__V1__HELLO__INIT;
+    sc_snapshot *cur = sc_snapshot_slot_get(s->slot);
+    char digest[80] = "";
+    int rc;
+
+    h.sidecar_id = s->id;
+    h.domain = s->domain;
+    h.version = (char *)POLIS_VERSION;
+    h.address = s->address;
+    if (cur) {
+        h.applied_revision = sc_snapshot_revision(cur);
+        snprintf(digest, sizeof(digest), "%s", sc_snapshot_digest(cur));
+    }
+    h.applied_digest = digest;
+    m.msg_case = POLIS__V1__SIDECAR_MESSAGE__MSG_HELLO;
+    m.hello = &h;
+    rc = send_msg(st, &m);
+    sc_snapshot_unref(cur);
+    return rc;
+}
+
+static int send_keepalive(rpc_stream *st)
+{
+    Polis__V1__SidecarMessage m = POLIS__V1__SIDECAR_MESSAGE__INIT;
+    Polis__V1__Keepalive k = POLIS__V1__KEEPALIVE__INIT;
+
+    k.time_unix_ms = wall_ms();
+    m.msg_case = POLIS__V1__SIDECAR_MESSAGE__MSG_KEEPALIVE;
+    m.keepalive = &k;
+    return send_msg(st, &m);
+}
+
+/* Compile, save, swap, ACK; or NACK and keep what is in force. */
+static int apply_snapshot(sc_subscriber *s, rpc_stream *st,
+                          const char *endpoint, const Polis__V1__Snapshot *pb)
+{
+    Polis__V1__SidecarMessage m = POLIS__V1__SIDECAR_MESSAGE__INIT;
+    Polis__V1__Ack ack = POLIS__V1__ACK__INIT;
+    Polis__V1__Nack nack = POLIS__V1__NACK__INIT;
+    const char *digest = pb->digest ? pb->digest : "";
+    polis_error err = {0};
+    sc_snapshot *snap = NULL;
+    char text[1100];
+
+    if (sc_snapshot_compile(pb, s->domain, &snap, &err) != 0) {
+        polis_error_format(&err, text, sizeof(text));
+        metric_add(s->m_rejected, 1);
+        report(s, SC_SUB_REJECTED, endpoint, pb->revision, digest, text);
+        nack.revision = pb->revision;
+        nack.digest = (char *)digest;
+        nack.error = text;
+        m.msg_case = POLIS__V1__SIDECAR_MESSAGE__MSG_NACK;
+        m.nack = &nack;
+        return send_msg(st, &m);
+    }
+    /* Disk before force: an ACKed snapshot must survive a restart.  A
+     * failed write still puts it in force (enforcing the newest rules
+     * matters more than the disk copy) and is reported loudly. */
+    if (sc_store_save(s->state_dir, pb, &err) != 0)
+        report(s, SC_SUB_SAVE_FAILED, endpoint, pb->revision, digest,
+               polis_error_format(&err, text, sizeof(text)));
+    sc_snapshot_slot_set(s->slot, snap);
+    metric_set(s->m_revision, pb->revision);
+    metric_add(s->m_applied, 1);
+    report(s, SC_SUB_APPLIED, endpoint, pb->revision, digest, NULL);
+    ack.revision = pb->revision;
+    ack.digest = (char *)digest;
+    m.msg_case = POLIS__V1__SIDECAR_MESSAGE__MSG_ACK;
+    m.ack = &ack;
+    return send_msg(st, &m);
+}
+
+static bool stopping(sc_subscriber *s)
+{
+    bool stop;
+
+    pthread_mutex_lock(&s->lock);
+    stop = s->stopping;
+    pthread_mutex_unlock(&s->lock);
+    return stop;
+}
+
+static void set_connected(sc_subscriber *s, int up)
+{
+    atomic_store(&s->connected, up);
+    metric_set(s->m_connected, up);
+}
+
+/* Run one stream until it ends; *heard is set once the control plane
+ * answered anything (then the backoff starts over). */
+static void session(sc_subscriber *s, const char *endpoint, bool *heard)
+{
+    rpc_channel_options co = {0};
+    rpc_channel *ch = NULL;
+    rpc_stream *st = NULL;
+    polis_error err = {0};
+    char why[RPC_STATUS_MSG_MAX + 300] = "";
+    int64_t last_heard, last_sent, now;
+    int rc;
+
+    co.max_message_bytes = (size_t)SNAPSHOT_MAX_MB * 1024 * 1024;
+    if (rpc_channel_new(endpoint, &co, &ch, &err) != 0 ||
+        rpc_stream_open(ch, &polis__v1__distribution__descriptor, "Subscribe",
+                        NULL, 0, 0, &st, &err) != 0) {
+        polis_error_format(&err, why, sizeof(why));
+        goto out;
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        goto out;
+    }
+    s->stream = st;
+    pthread_mutex_unlock(&s->lock);
+
+    if (send_hello(s, st) != 0) {
+        snprintf(why, sizeof(why), "cannot send hello");
+        goto ended;
+    }
+    set_connected(s, 1);
+    report(s, SC_SUB_CONNECTED, endpoint, 0, NULL, NULL);
+    last_heard = last_sent = mono_ms();
+    for (;;) {
+        ProtobufCMessage *msg = NULL;
+        int64_t wait = last_sent + s->keepalive_ms - mono_ms();
+
+        if (wait < 10)
+            wait = 10;
+        rc = rpc_stream_recv(st, &msg, (int)wait);
+        now = mono_ms();
+        if (rc == 1) {
+            const Polis__V1__ControlMessage *cm =
+                (const Polis__V1__ControlMessage *)msg;
+
+            last_heard = now;
+            *heard = true;
+            if (cm->msg_case == POLIS__V1__CONTROL_MESSAGE__MSG_SNAPSHOT &&
+                cm->snapshot && apply_snapshot(s, st, endpoint, cm->snapshot))
+                snprintf(why, sizeof(why), "cannot send ACK/NACK");
+            protobuf_c_message_free_unpacked(msg, NULL);
+            if (why[0])
+                break;
+            now = mono_ms();
+        } else if (rc == 0) {
+            rpc_status status = {0};
+            rpc_stream_status(st, &status);
+            snprintf(why, sizeof(why), "stream ended: %s%s%s",
+                     rpc_status_name(status.code),
+                     status.message[0] ? ": " : "", status.message);
+            break;
+        } else if (rc != POLIS_ETIMEDOUT) {
+            snprintf(why, sizeof(why), "receive failed: %s",
+                     polis_strerror(rc));
+            break;
+        }
+        if (stopping(s)) {
+            snprintf(why, sizeof(why), "shutting down");
+            break;
+        }
+        if (now - last_heard > 3 * (int64_t)s->keepalive_ms) {
+            snprintf(why, sizeof(why),
+                     "no message from the control plane for three keepalive "
+                     "periods (%d ms each)",
+                     s->keepalive_ms);
+            break;
+        }
+        if (now - last_sent >= s->keepalive_ms) {
+            if (send_keepalive(st) != 0) {
+                snprintf(why, sizeof(why), "cannot send a keepalive");
+                break;
+            }
+            last_sent = now;
+        }
+    }
+ended:
+    set_connected(s, 0);
+out:
+    pthread_mutex_lock(&s->lock);
+    s->stream = NULL;
+    pthread_mutex_unlock(&s->lock);
+    if (st)
+        rpc_stream_cancel(st);
+    rpc_stream_free(st);
+    rpc_channel_free(ch);
+    if (!stopping(s))
+        report(s, SC_SUB_DISCONNECTED, endpoint, 0, NULL,
+               why[0] ? why : "stream ended");
+}
+
+/* backoff +/- 20%. */
+static int jittered(sc_subscriber *s, int backoff_ms)
+{
+    double f = 0.8 + 0.4 * ((double)rand_r(&s->seed) / RAND_MAX);
+
+    return (int)(backoff_ms * f);
+}
+
+/* Sleep up to ms unless stopping; true when stopping. */
+static bool pause_ms(sc_subscriber *s, int ms)
+{
+    struct timespec until;
+    bool stop;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (!s->stopping &&
+           pthread_cond_timedwait(&s->cond, &s->lock, &until) == 0)
+        ;
+    stop = s->stopping;
+    pthread_mutex_unlock(&s->lock);
+    return stop;
+}
+
+static void *subscriber_thread(void *arg)
+{
+    sc_subscriber *s = arg;
+    int backoff = s->backoff_min_ms;
+    size_t next = 0;
+
+    while (!stopping(s)) {
+        bool heard = false;
+
+        session(s, s->endpoints[next], &heard);
+        next = (next + 1) % s->nendpoints;
+        if (heard)
+            backoff = s->backoff_min_ms;
+        if (pause_ms(s, jittered(s, backoff)))
+            break;
+        backoff =
+            backoff * 2 > s->backoff_max_ms ? s->backoff_max_ms : backoff * 2;
+    }
+    return NULL;
+}
+
+int sc_subscriber_start(sc_subscriber *s, polis_error *err)
+{
+    if (pthread_create(&s->thread, NULL, subscriber_thread, s) != 0)
+        return polis_error_set(err, POLIS_EINTERNAL, NULL,
+                               "cannot start the subscriber thread");
+    s->started = true;
+    return 0;
+}
+
+int sc_subscriber_connected(const sc_subscriber *s)
+{
+    return atomic_load(&((sc_subscriber *)s)->connected);
+}
+
+void sc_subscriber_free(sc_subscriber *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    if (s->stream)
+        rpc_stream_cancel(s->stream);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    if (s->started)
+        pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s);
+}
