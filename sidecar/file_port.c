@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <linux/openat2.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +170,8 @@ static int open_beneath(int dfd, const char *dir, const char *name, int *out,
         return polis_error_set(err, POLIS_EDENIED, "file",
                                "\"%s\" is not a regular file", name);
     }
-    if (fcntl(fd, F_SETFL, O_RDONLY) != 0) {
+    flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
         int e = errno;
         close(fd);
         return polis_error_set(err, POLIS_EIO, "file", "\"%s\": %s", name,
@@ -183,7 +185,7 @@ int fp_open(const char *dir, const char *name, size_t len, int *fd,
             polis_error *err)
 {
     char nm[FP_MAX_NAME + 1];
-    int dfd, rc;
+    int dfd = -1, rc;
 
     *fd = -1;
     if ((rc = fp_name_check(name, len, err)) != 0)
@@ -328,18 +330,19 @@ static int type_from_name(const char *t, pol_expr_type *out)
                                        NULL};
     size_t i;
 
+    *out = POL_EXPR_NULL;
     for (i = 0; ints[i]; i++)
         if (strcmp(t, ints[i]) == 0)
-            return *out = POL_EXPR_INTEGER, 0;
+            *out = POL_EXPR_INTEGER;
     for (i = 0; decs[i]; i++)
         if (strcmp(t, decs[i]) == 0)
-            return *out = POL_EXPR_DECIMAL, 0;
+            *out = POL_EXPR_DECIMAL;
     for (i = 0; strs[i]; i++)
         if (strcmp(t, strs[i]) == 0)
-            return *out = POL_EXPR_STRING, 0;
+            *out = POL_EXPR_STRING;
     if (strcmp(t, "boolean") == 0 || strcmp(t, "bool") == 0)
-        return *out = POL_EXPR_BOOLEAN, 0;
-    return POLIS_ENOTFOUND;
+        *out = POL_EXPR_BOOLEAN;
+    return *out == POL_EXPR_NULL ? POLIS_ENOTFOUND : 0;
 }
 
 int fp_schema_from_product(const json_t *doc, fp_column **cols, size_t *n,
@@ -917,8 +920,8 @@ static int csv_header(fp_reader *r, const char *rec_end, polis_error *err)
     bool first = true;
     int rc;
 
-    r->crlf =
-        rec_end - 2 >= r->in && rec_end[-1] == '\n' && rec_end[-2] == '\r';
+    r->crlf = (size_t)(rec_end - r->in) >= 2 && rec_end[-1] == '\n' &&
+              rec_end[-2] == '\r';
     r->nfile = r->nfields;
     for (i = 0; i < r->nfields; i++) {
         const char *s;
@@ -991,20 +994,21 @@ static int csv_row(fp_reader *r, polis_error *err)
     r->unesc_used = 0;
     if (nfilters > 0) {
         bool matched = false;
+        polis_error ferr = {0};
         rc = pol_expr_matches(pol_decision_filters(r->o.decision), nfilters,
                               csv_row_value, r, r->o.subject, r->o.request,
-                              &matched, err);
+                              &matched, &ferr);
         if (rc != 0)
-            return fail_at(r, err, rc, "row filter: %s", err->message);
+            return fail_at(r, err, rc, "row filter: %s", ferr.message);
         if (!matched)
             return 0;
     }
-    r->rec_mark = r->out_len;
     for (i = 0; i < r->nfile; i++) {
         int sc = r->file_schema[i];
         const fp_scol *c;
         fp_field *f = &r->fields[i];
 
+        rc = 0;
         if (sc < 0 || !(c = &r->scols[sc])->served)
             continue;
         if (!first && (rc = out_byte(r, ',', err)) != 0)
@@ -1018,8 +1022,8 @@ static int csv_row(fp_reader *r, polis_error *err)
                 rc = out_byte(r, '"', err);
             }
         } else if (f->quoted || f->len > 0) {
-            const char *v, *res;
-            size_t n, rlen;
+            const char *v, *res = NULL;
+            size_t n, rlen = 0;
             bool is_null;
 
             csv_field_value(r, f, &v, &n);
@@ -1039,7 +1043,7 @@ static int csv_records(fp_reader *r, polis_error *err)
 {
     while (r->in_start < r->in_len) {
         const char *start = r->in + r->in_start, *end = r->in + r->in_len;
-        const char *next;
+        const char *next = NULL;
         uint64_t nl = 0;
         int rc;
 
@@ -1052,12 +1056,13 @@ static int csv_records(fp_reader *r, polis_error *err)
         rc = csv_split(r, start, end, &next, &nl, err);
         if (rc < 0)
             return rc;
-        if (rc == 0 || (size_t)(next - start) > r->max_record) {
-            if ((size_t)(end - start) > r->max_record)
-                return fail_at(r, err, POLIS_ETOOBIG,
-                               "record longer than %zu bytes", r->max_record);
+        if ((rc == 1 && (size_t)(next - start) > r->max_record) ||
+            (rc == 0 && (size_t)(end - start) > r->max_record))
+            return fail_at(r, err, POLIS_ETOOBIG,
+                           "record longer than %zu bytes", r->max_record);
+        if (rc == 0)
             return 0;
-        }
+        r->rec_mark = r->out_len;
         if (!r->header_done) {
             rc = csv_header(r, next, err);
             r->header_done = true;
@@ -1202,17 +1207,17 @@ static int jsonl_line(fp_reader *r, const char *s, size_t n, polis_error *err)
     }
     if (nfilters > 0) {
         bool matched = false;
+        polis_error ferr = {0};
         rc = pol_expr_matches(pol_decision_filters(r->o.decision), nfilters,
                               jsonl_row_value, r, r->o.subject, r->o.request,
-                              &matched, err);
+                              &matched, &ferr);
         if (rc != 0) {
-            rc = fail_at(r, err, rc, "row filter: %s", err->message);
+            rc = fail_at(r, err, rc, "row filter: %s", ferr.message);
             goto out;
         }
         if (!matched)
             goto out;
     }
-    r->rec_mark = r->out_len;
     if ((rc = out_byte(r, '{', err)) != 0)
         goto out;
     json_object_foreach(obj, key, v)
@@ -1233,8 +1238,8 @@ static int jsonl_line(fp_reader *r, const char *s, size_t n, polis_error *err)
             rc = jsonl_put_value(r, v, err);
         } else {
             char buf[40];
-            const char *t, *res;
-            size_t tn, rlen;
+            const char *t, *res = NULL;
+            size_t tn, rlen = 0;
             bool is_null = true;
 
             /* Objects and arrays cannot be masked: they fail closed. */
@@ -1278,6 +1283,7 @@ static int jsonl_records(fp_reader *r, polis_error *err)
             e--;
         while (start < e && (*start == ' ' || *start == '\t'))
             start++;
+        r->rec_mark = r->out_len;
         if (start < e &&
             (rc = jsonl_line(r, start, (size_t)(e - start), err)) != 0)
             return rc;
@@ -1478,7 +1484,7 @@ int fp_stream_raw(int fd, fp_sink_fn sink, void *sink_ctx, fp_stats *stats,
 {
     char *buf = malloc(FP_CHUNK_SIZE);
     fp_stats st = {0};
-    size_t got;
+    size_t got = 0;
     int rc;
 
     if (buf == NULL)
