@@ -29,7 +29,7 @@
 #define DOMAIN           "bench"
 #define PRODUCTS         100
 #define PRINCIPALS       200
-#define GROUPS           50
+#define GROUPS           200
 #define RULES_PER_POLICY 100
 /* Documents per Apply: each costs a few etcd txn operations, and an etcd
  * with default settings takes 128 operations and 1.5 MiB per txn. */
@@ -162,7 +162,7 @@ static int64_t apply_base(rpc_channel *ch)
         if (asprintf(&docs[n++],
                      "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\","
                      "\"metadata\":{\"name\":\"user%03d\"},\"spec\":{"
-                     "\"groups\":[\"g%02d\",\"g%02d\"],\"attributes\":{"
+                     "\"groups\":[\"g%03d\",\"g%03d\"],\"attributes\":{"
                      "\"region\":\"%s\"}}}",
                      u, u % GROUPS, (u * 7 + 3) % GROUPS,
                      u % 3 == 0   ? "EU"
@@ -176,12 +176,12 @@ static int64_t apply_base(rpc_channel *ch)
  * filters mixed in, spread over products and groups. */
 static int rule_json(int r, char *buf, size_t len)
 {
-    int prod = (r * 13) % PRODUCTS, grp = r % GROUPS, kind = r % 10;
+    int prod = (r * 13) % PRODUCTS, grp = (r / 7) % GROUPS, kind = r % 10;
 
     if (kind < 7)
         return snprintf(buf, len,
                         "{\"name\":\"r%05d\",\"effect\":\"allow\","
-                        "\"subjects\":[\"group:g%02d\"],\"resources\":["
+                        "\"subjects\":[\"group:g%03d\"],\"resources\":["
                         "\"" DOMAIN "/p%03d\"],\"ports\":[\"query\"]}",
                         r, grp, prod);
     if (kind == 7)
@@ -193,13 +193,13 @@ static int rule_json(int r, char *buf, size_t len)
     if (kind == 8)
         return snprintf(buf, len,
                         "{\"name\":\"r%05d\",\"effect\":\"mask\","
-                        "\"subjects\":[\"group:g%02d\"],\"resources\":["
+                        "\"subjects\":[\"group:g%03d\"],\"resources\":["
                         "\"" DOMAIN "/p%03d\"],\"mask\":{\"method\":"
                         "\"redact\",\"classifications\":[\"pii.email\"]}}",
                         r, grp, prod);
     return snprintf(buf, len,
                     "{\"name\":\"r%05d\",\"effect\":\"filter\","
-                    "\"subjects\":[\"group:g%02d\"],\"resources\":[\"" DOMAIN
+                    "\"subjects\":[\"group:g%03d\"],\"resources\":[\"" DOMAIN
                     "/p%03d\"],\"filter\":\"region == subject.region\"}",
                     r, grp, prod);
 }
