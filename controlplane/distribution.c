@@ -26,7 +26,7 @@
 
 #define ID_MAX             128
 #define DISCONNECTED_TTL_S 300
-#define STATUS_BATCH       200
+#define STATUS_BATCH       100 /* puts per txn: under etcd's default 128 */
 #define STALE_AFTER_MS     5000
 #define STATUS_REFRESH_S   30.0
 
@@ -47,8 +47,11 @@ static void snapshot_unref(snapshot *s)
 {
     if (s == NULL || atomic_fetch_sub(&s->refs, 1) != 1)
         return;
-    for (size_t i = 0; i < s->msg.n_resources; i++)
+    for (size_t i = 0; i < s->msg.n_resources; i++) {
         free(s->texts[i]);
+        free(s->res[i].scope);
+        free(s->res[i].name);
+    }
     free(s->texts);
     free(s->res);
     free(s->msg.resources);
@@ -247,6 +250,14 @@ static snapshot *snapshot_build(cp_dist *d, const char *dom)
         /* The document carries kind and name; scope is derived. */
         r->kind = (char *)res_kind_name(res_kind_parse(kind));
         r->document_json = s->texts[n];
+        /* Owned copies: the map's documents may be replaced while the
+         * snapshot is still queued for a stream. */
+        r->scope = strdup(scope);
+        r->name = strdup(name);
+        if (r->scope == NULL || r->name == NULL) {
+            n++;
+            goto fail;
+        }
         EVP_DigestUpdate(sha, keys[i], strlen(keys[i]) + 1);
         EVP_DigestUpdate(sha, s->texts[n], strlen(s->texts[n]) + 1);
         n++;
@@ -255,19 +266,8 @@ static snapshot *snapshot_build(cp_dist *d, const char *dom)
     EVP_DigestFinal_ex(sha, md, NULL);
     for (size_t i = 0; i < sizeof(md); i++)
         snprintf(s->digest + 2 * i, 3, "%02x", md[i]);
-    /* Scope and name live in the documents; fill them for readers. */
-    for (size_t i = 0; i < n; i++) {
-        json_t *doc_i = json_object_get(d->resources, keys[i]);
-        const char *nm = json_string_value(
-            json_object_get(json_object_get(doc_i, "metadata"), "name"));
-        const json_t *spec = json_object_get(doc_i, "spec");
-        const char *sc = json_string_value(json_object_get(spec, "scope"));
-        if (strcmp(s->res[i].kind, "DataProduct") == 0)
-            sc = json_string_value(json_object_get(spec, "domain"));
-        s->res[i].name = (char *)(nm ? nm : "");
-        s->res[i].scope = (char *)(sc ? sc : RES_SCOPE_GLOBAL);
+    for (size_t i = 0; i < n; i++)
         s->msg.resources[i] = &s->res[i];
-    }
     s->msg.n_resources = n;
     s->msg.revision = d->revision;
     s->revision = d->revision;
