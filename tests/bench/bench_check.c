@@ -75,6 +75,31 @@ static long vmrss_kib(pid_t pid)
     return kib;
 }
 
+/* CPU seconds (user + system) a process has used; -1 when unknown. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024], *p;
+    unsigned long ut = 0, st = 0;
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after the ")" closing the command name: state is 3rd, utime
+     * the 14th and stime the 15th field of the whole line. */
+    p = strrchr(buf, ')');
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+               &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 /* ---- the generated mesh ---- */
 
 /* Apply documents; the revision written or -1. */
@@ -356,6 +381,7 @@ int main(int argc, char **argv)
     size_t total = 0, k = 0;
     long allowed = 0, errors = 0;
     int64_t rev, t0, elapsed;
+    double sc_cpu0, me_cpu0;
     int rc = 1;
     sidecarenv_options so = {.domain = DOMAIN, .id = "bench-sidecar"};
 
@@ -383,6 +409,8 @@ int main(int argc, char **argv)
     printf("bench: check_sidecar_start_to_synced %.0f ms\n",
            (double)(mono_ns() - t0) / 1e6);
 
+    sc_cpu0 = cpu_seconds(testenv_proc_pid(sc->proc));
+    me_cpu0 = cpu_seconds(getpid());
     t0 = mono_ns();
     for (int i = 0; i < threads; i++) {
         w[i].target = sc->grpc_target;
@@ -404,6 +432,12 @@ int main(int argc, char **argv)
         errors += w[i].errors;
     }
     elapsed = mono_ns() - t0;
+    /* Where the 2 cores went: the sidecar, or this load generator. */
+    printf("bench: check_sidecar_cpu %.2f cores\n",
+           (cpu_seconds(testenv_proc_pid(sc->proc)) - sc_cpu0) /
+               ((double)elapsed / 1e9));
+    printf("bench: check_client_cpu %.2f cores\n",
+           (cpu_seconds(getpid()) - me_cpu0) / ((double)elapsed / 1e9));
     all = malloc((total ? total : 1) * sizeof(double));
     if (all == NULL || total == 0) {
         fprintf(stderr, "bench: no decisions measured\n");
