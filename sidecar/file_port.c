@@ -895,7 +895,11 @@ static int csv_split(fp_reader *r, const char *start, const char *end,
         if (*p == '\r') {
             if (p + 1 == end && !r->eof)
                 return 0;
-            if (p + 1 < end && p[1] == '\n') {
+            if (p + 1 == end) { /* "\r" as the file's last byte */
+                *next = end;
+                break;
+            }
+            if (p[1] == '\n') {
                 *next = p + 2;
                 break;
             }

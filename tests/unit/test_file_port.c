@@ -587,13 +587,15 @@ static void test_csv_quoting(void)
                              "3,\"line one\r\nline two\",\r\n"
                              "\r\n"
                              "4,héllo 日本,ü@exämple.com\r\n"
-                             "5,\"\",\"\"\"q\"\"@x.org\"";
+                             "5,\"\",\"\"\"q\"\"@x.org\"\r\n"
+                             "6,last,\r";
     static const char expect[] = "id,body,contact\r\n"
                                  "1,\"a, b\",\"****@ex,ample.com\"\r\n"
                                  "2,\"she said \"\"hi\"\"\",****\r\n"
                                  "3,\"line one\r\nline two\",\r\n"
                                  "4,héllo 日本,****@exämple.com\r\n"
-                                 "5,\"\",****@x.org\r\n";
+                                 "5,\"\",****@x.org\r\n"
+                                 "6,last,\r\n";
     fixture fx;
     membuf out;
     fp_stats st;
@@ -603,8 +605,8 @@ static void test_csv_quoting(void)
     fixture_init(&fx, "owners", NULL, "sales/notes", NULL, FP_FORMAT_CSV);
     CU_ASSERT_EQUAL_FATAL(stream_file(&fx, "notes.csv", &out, &st, &err), 0);
     CU_ASSERT_STRING_EQUAL(out.p, expect);
-    CU_ASSERT_EQUAL(st.rows_read, 5);
-    CU_ASSERT_EQUAL(st.rows_written, 5);
+    CU_ASSERT_EQUAL(st.rows_read, 6);
+    CU_ASSERT_EQUAL(st.rows_written, 6);
     free(out.p);
     fixture_free(&fx);
 }
