@@ -12,6 +12,7 @@
 #include "polis/v1/distribution.pb-c.h"
 #include "sidecar/snapshot_store.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -171,6 +172,7 @@ int sc_subscriber_restore(sc_subscriber *s, polis_error *err)
     sc_store_free(pb);
     metric_set(s->m_revision, sc_snapshot_revision(snap));
     sc_snapshot_slot_set(s->slot, snap);
+    malloc_trim(0);
     return 0;
 }
 
@@ -246,6 +248,9 @@ static int apply_snapshot(sc_subscriber *s, rpc_stream *st,
         report(s, SC_SUB_SAVE_FAILED, endpoint, pb->revision, digest,
                polis_error_format(&err, text, sizeof(text)));
     sc_snapshot_slot_set(s->slot, snap);
+    /* The compile's parse trees are freed by now: hand the pages back, or
+     * a large snapshot's transient peak stays in the resident size. */
+    malloc_trim(0);
     metric_set(s->m_revision, pb->revision);
     metric_add(s->m_applied, 1);
     report(s, SC_SUB_APPLIED, endpoint, pb->revision, digest, NULL);
