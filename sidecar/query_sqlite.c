@@ -95,7 +95,11 @@ struct sq_conn {
     char *maskbuf;
     size_t maskcap;
 
-    /* Authorizer state. */
+    /* Authorizer state: tables and views of main, read at each request,
+     * to tell an unqualified table from a CTE when SQLite names neither's
+     * schema. */
+    char **main_names;
+    size_t nmain, main_cap;
     bool auth_denied;
     char denied[POLIS_ERROR_MSG_MAX];
 
@@ -255,6 +259,16 @@ static int authorize(void *ctx, int action, const char *a1, const char *a2,
                         "table main.%s may only be read as %s (the "
                         "governed view of this product)",
                         a1, a1);
+        }
+        if (dbname == NULL) {
+            /* A CTE or a subquery read without columns (count(*)), or a
+             * table so read: only the latter has a name in main. */
+            size_t k;
+            for (k = 0; k < c->nmain; k++)
+                if (ieq(a1, c->main_names[k]) && !ieq(a1, c->view_table))
+                    return deny(c, "table main.%s is not part of this product",
+                                a1);
+            return SQLITE_OK;
         }
         if (a1 != NULL && sqlite3_strnicmp(a1, "pragma_", 7) == 0)
             return deny(c, "PRAGMA is not allowed (%s)", a1);
@@ -424,10 +438,57 @@ out:
     return rc;
 }
 
+static void clear_main_names(sq_conn *c)
+{
+    size_t i;
+
+    for (i = 0; i < c->nmain; i++)
+        sqlite3_free(c->main_names[i]);
+    c->nmain = 0;
+}
+
+/* Names of main's tables and views, for the authorizer. */
+static int read_main_names(sq_conn *c, polis_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    clear_main_names(c);
+    if (sqlite3_prepare_v2(c->db,
+                           "SELECT name FROM main.sqlite_schema "
+                           "WHERE type IN ('table', 'view')",
+                           -1, &st, NULL) != SQLITE_OK)
+        return polis_error_set(err, POLIS_EIO, NULL, "%s",
+                               sqlite3_errmsg(c->db));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char *name;
+        if (c->nmain == c->main_cap) {
+            size_t cap = c->main_cap ? c->main_cap * 2 : 16;
+            char **nn = realloc(c->main_names, cap * sizeof(*nn));
+            if (nn == NULL)
+                break;
+            c->main_names = nn;
+            c->main_cap = cap;
+        }
+        name = sqlite3_mprintf("%s", sqlite3_column_text(st, 0));
+        if (name == NULL)
+            break;
+        c->main_names[c->nmain++] = name;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return polis_error_set(err, rc == SQLITE_ROW ? POLIS_ENOMEM : POLIS_EIO,
+                               NULL, "cannot list the database's tables: %s",
+                               sqlite3_errstr(rc));
+    return 0;
+}
+
 void sq_close(sq_conn *c)
 {
     if (c == NULL)
         return;
+    clear_main_names(c);
+    free(c->main_names);
     sqlite3_close_v2(c->db);
     pol_expr_sql_free(&c->filter);
     free(c->view_sql);
@@ -1264,6 +1325,64 @@ static bool tail_empty(const char *p)
     }
 }
 
+/*
+ * Refuse by its first keyword a statement that is not a query, with a
+ * message that says what, before SQLite reports something less clear
+ * ("cannot modify orders because it is a view").  The authorizer and the
+ * checks after prepare are what enforce; this only explains.
+ */
+static int refuse_by_keyword(const char *sql, polis_error *err)
+{
+    static const struct {
+        const char *word, *msg;
+    } kinds[] = {
+        {"insert", "writes are not allowed"},
+        {"update", "writes are not allowed"},
+        {"delete", "writes are not allowed"},
+        {"replace", "writes are not allowed"},
+        {"attach", "ATTACH and DETACH are not allowed"},
+        {"detach", "ATTACH and DETACH are not allowed"},
+        {"pragma", "PRAGMA is not allowed"},
+        {"create", "CREATE is not allowed"},
+        {"drop", "DROP is not allowed"},
+        {"alter", "ALTER is not allowed"},
+        {"begin", "transactions and savepoints are not allowed"},
+        {"commit", "transactions and savepoints are not allowed"},
+        {"end", "transactions and savepoints are not allowed"},
+        {"rollback", "transactions and savepoints are not allowed"},
+        {"savepoint", "transactions and savepoints are not allowed"},
+        {"release", "transactions and savepoints are not allowed"},
+        {"vacuum", "VACUUM is not allowed"},
+        {"analyze", "ANALYZE is not allowed"},
+        {"reindex", "REINDEX is not allowed"},
+        {"explain", "EXPLAIN is not allowed"},
+    };
+    const char *p = sql;
+    size_t n = 0, k;
+
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (p[0] == '-' && p[1] == '-') {
+            while (*p && *p != '\n')
+                p++;
+        } else if (p[0] == '/' && p[1] == '*') {
+            const char *e = strstr(p + 2, "*/");
+            p = e ? e + 2 : p + strlen(p);
+        } else {
+            break;
+        }
+    }
+    while (isalpha((unsigned char)p[n]))
+        n++;
+    for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+        if (n == strlen(kinds[k].word) &&
+            sqlite3_strnicmp(p, kinds[k].word, (int)n) == 0)
+            return polis_error_set(err, POLIS_EDENIED, "sql", "%s",
+                                   kinds[k].msg);
+    return 0;
+}
+
 static int sqlite_error(sq_conn *c, int rc, polis_error *err)
 {
     const char *msg = sqlite3_errmsg(c->db);
@@ -1277,6 +1396,9 @@ static int sqlite_error(sq_conn *c, int rc, polis_error *err)
         return polis_error_set(err, POLIS_ETOOBIG, NULL, "%s", msg);
     if ((rc & 0xff) == SQLITE_NOMEM)
         return polis_error_set(err, POLIS_ENOMEM, NULL, "%s", msg);
+    if (strncmp(msg, "cannot modify", 13) == 0)
+        return polis_error_set(err, POLIS_EDENIED, NULL,
+                               "writes are not allowed");
     if (strncmp(msg, "access to view", 14) == 0)
         return polis_error_set(err, POLIS_EDENIED, NULL,
                                "%s: views of the database file are not "
@@ -1436,6 +1558,8 @@ int sq_query(sq_conn *c, const sq_product *product,
                                "the SQL text is %zu bytes, at most %zu "
                                "allowed",
                                sql_len, lim.max_sql);
+    if ((rc = refuse_by_keyword(sql, err)) != 0)
+        return rc;
     if (pol_decision_column_count(decision) == 0)
         return polis_error_set(err, POLIS_EINVAL, NULL,
                                "the product's contract has no columns to "
@@ -1462,6 +1586,8 @@ int sq_query(sq_conn *c, const sq_product *product,
     if (rc != 0)
         goto out;
     if ((rc = install_views(c, product->table, err)) != 0)
+        goto out;
+    if ((rc = read_main_names(c, err)) != 0)
         goto out;
 
     min = pol_decision_min_group_size(decision);
