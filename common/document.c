@@ -150,6 +150,36 @@ bad:
     return 0;
 }
 
+char *doc_utf8_sanitize(char *dst, size_t cap, const char *src)
+{
+    const unsigned char *s = (const unsigned char *)(src ? src : "");
+    size_t o = 0;
+
+    if (cap == 0)
+        return dst;
+    while (*s) {
+        unsigned char b = *s;
+        size_t len = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
+        size_t have = 1;
+
+        while (have < len && s[have])
+            have++;
+        if (b < 0x80 || have < len ||
+            !doc_utf8_valid((const char *)s, len, NULL))
+            len = 1; /* one byte: ASCII, or replaced below */
+        if (o + len >= cap)
+            break;
+        if (len == 1 && (b < 0x20 || b == 0x7F || b >= 0x80))
+            dst[o] = '?';
+        else
+            memcpy(dst + o, s, len);
+        o += len;
+        s += len;
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
 /* ---- YAML 1.2 core schema ---------------------------------------------- */
 
 enum scalar_type { SC_STRING, SC_NULL, SC_BOOL, SC_INT, SC_FLOAT, SC_NONFIN };

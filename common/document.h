@@ -34,6 +34,15 @@ int doc_parse_file(const char *path, size_t max_bytes, json_t **out,
  * *bad_offset (may be NULL) receives the first bad byte's offset. */
 int doc_utf8_valid(const char *data, size_t len, size_t *bad_offset);
 
+/*
+ * Copy `src` into dst (cap bytes, always NUL-terminated when cap > 0) as
+ * printable UTF-8: invalid bytes and control characters become '?', and a
+ * cut falls on a character boundary.  For untrusted text that goes into
+ * JSON, logs or status records (RPC metadata, a peer's error message).
+ * Returns dst.
+ */
+char *doc_utf8_sanitize(char *dst, size_t cap, const char *src);
+
 /* Emit a JSON value as YAML (block style) into a malloc'd string the
  * caller frees; NULL on allocation failure. */
 char *doc_to_yaml(const json_t *value);

@@ -1004,6 +1004,8 @@ static json_t *op_to_json(const etcd_op *op)
         rc |= j_set_range(inner, op->key, op->prefix, NULL);
         if (op->count_only)
             rc |= json_object_set_new(inner, "count_only", json_true());
+        if (op->keys_only)
+            rc |= json_object_set_new(inner, "keys_only", json_true());
         break;
     default:
         json_decref(inner);

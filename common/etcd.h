@@ -118,6 +118,7 @@ typedef struct etcd_op {
     int64_t lease;   /* PUT */
     bool prefix;     /* DELETE, RANGE */
     bool count_only; /* RANGE: only the count (etcd_range_result.count) */
+    bool keys_only;  /* RANGE: keys and revisions, no values */
 } etcd_op;
 
 typedef struct etcd_txn_result {

@@ -68,11 +68,15 @@ void cp_governance_free(cp_governance *g)
 static void request_author(rpc_call *call, char *buf, size_t len)
 {
     const char *a = rpc_call_metadata(call, "x-polis-author");
+    char raw[256];
 
+    /* Metadata is the caller's bytes: keep printable UTF-8 only, since it
+     * goes into JSON records and logs. */
     if (a && a[0])
-        snprintf(buf, len, "%.200s", a);
+        snprintf(raw, sizeof(raw), "%s", a);
     else
-        snprintf(buf, len, "unknown@%s", rpc_call_peer(call));
+        snprintf(raw, sizeof(raw), "unknown@%s", rpc_call_peer(call));
+    doc_utf8_sanitize(buf, len < 201 ? len : 201, raw);
 }
 
 /* Finish with the Polis error mapped to a gRPC status. */
@@ -98,6 +102,30 @@ static int fail_msg(rpc_call *call, int status, const char *fmt, ...)
     va_end(ap);
     rpc_call_set_status_message(call, "%s", msg);
     return status;
+}
+
+/* Names and scopes in requests follow the resource naming rules
+ * (docs/resources.md): 1-63 of a-z, 0-9 and '-'.  Anything else cannot
+ * exist, and must not be pasted into an etcd key. */
+static int check_request_name(rpc_call *call, const char *field,
+                              const char *value, bool required)
+{
+    size_t n = value ? strlen(value) : 0;
+
+    if (n == 0)
+        return required
+                   ? fail_msg(call, RPC_INVALID_ARGUMENT, "%s: required", field)
+                   : RPC_OK;
+    for (size_t i = 0; i < n; i++) {
+        char c = value[i];
+        if (n > 63 ||
+            !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return fail_msg(call, RPC_INVALID_ARGUMENT,
+                            "%s: \"%.70s\" is not a valid name (1-63 of "
+                            "a-z, 0-9 and '-')",
+                            field, value);
+    }
+    return RPC_OK;
 }
 
 static double now_seconds(void)
@@ -201,6 +229,22 @@ static void errors_add(res_errors *errs, const polis_error *e)
         errs->omitted++;
 }
 
+/* One parsed document on its own: structure, defaults, and for a Policy
+ * the compiler's verdict on its rules. */
+static void check_document(json_t *doc, const char *where, polis_error *e)
+{
+    res_info info;
+
+    if (res_validate(doc, where, &info, e) != 0)
+        return;
+    if (res_apply_defaults(doc) != 0) {
+        polis_error_set(e, POLIS_ENOMEM, where, NULL);
+        return;
+    }
+    if (info.kind == RES_POLICY && pol_policy_validate(doc, e) != 0)
+        polis_error_prefix_where(e, where);
+}
+
 /*
  * Parse each wire document and check it on its own; every problem goes into
  * errs, in document order, so one reply lists them all.  Set-level checks
@@ -216,7 +260,6 @@ static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
         json_error_t jerr;
         json_t *doc = NULL;
         polis_error e = {0};
-        res_info info;
         char where[POLIS_ERROR_WHERE_MAX];
 
         if (src)
@@ -239,11 +282,8 @@ static int parse_documents(cp_governance *g, const Polis__V1__ApplyRequest *req,
         else if (!json_is_object(doc))
             polis_error_set(&e, POLIS_EINVAL, where,
                             "a document must be an object");
-        else if (res_validate(doc, where, &info, &e) == 0 &&
-                 res_apply_defaults(doc) == 0 && info.kind == RES_POLICY &&
-                 pol_policy_validate(doc, &e) != 0)
-            /* The rules themselves: the policy compiler's verdict. */
-            polis_error_prefix_where(&e, where);
+        else
+            check_document(doc, where, &e);
         if (e.code)
             errors_add(errs, &e);
         /* Keep positions aligned with sources, valid or not. */
@@ -261,15 +301,23 @@ static void errors_message(const res_errors *errs, char *buf, size_t len)
     size_t used = 0;
     char line[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX + 4];
 
+    size_t shown = 0;
+
     buf[0] = '\0';
-    for (size_t i = 0; i < errs->count && used + 1 < len; i++) {
-        polis_error_format(&errs->items[i], line, sizeof(line));
-        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "\n" : "",
-                                 line);
+    /* Keep room for the closing count, so the reader always learns that
+     * problems were left out. */
+    for (; shown < errs->count; shown++) {
+        size_t ll;
+        polis_error_format(&errs->items[shown], line, sizeof(line));
+        ll = strlen(line) + 1;
+        if (used + ll + 64 >= len)
+            break;
+        used += (size_t)snprintf(buf + used, len - used, "%s%s",
+                                 shown ? "\n" : "", line);
     }
-    if (errs->omitted && used + 1 < len)
+    if (errs->omitted + (errs->count - shown) > 0)
         snprintf(buf + used, len - used, "\n... and %zu more problems",
-                 errs->omitted);
+                 errs->omitted + (errs->count - shown));
 }
 
 static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
@@ -405,8 +453,10 @@ static int get_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
     int status;
 
     status = parse_kind(call, req->kind, false, &kind);
-    if (status == RPC_OK && (req->name == NULL || req->name[0] == '\0'))
-        status = fail_msg(call, RPC_INVALID_ARGUMENT, "name: required");
+    if (status == RPC_OK)
+        status = check_request_name(call, "name", req->name, true);
+    if (status == RPC_OK)
+        status = check_request_name(call, "scope", req->scope, false);
     if (status == RPC_OK &&
         cp_store_get(g->store, res_kind_name(kind),
                      default_scope(kind, req->scope), req->name, &r, &err) != 0)
@@ -488,8 +538,10 @@ static int delete_on_start(rpc_call *call, const ProtobufCMessage *msg,
     int status;
 
     status = parse_kind(call, req->kind, false, &kind);
-    if (status == RPC_OK && (req->name == NULL || req->name[0] == '\0'))
-        status = fail_msg(call, RPC_INVALID_ARGUMENT, "name: required");
+    if (status == RPC_OK)
+        status = check_request_name(call, "name", req->name, true);
+    if (status == RPC_OK)
+        status = check_request_name(call, "scope", req->scope, false);
     /* A domain goes last: its products and policies refer to it. */
     if (status == RPC_OK && kind == RES_DOMAIN) {
         if (cp_store_count(g->store, "DataProduct", req->name, &owned, &err) !=
@@ -536,8 +588,10 @@ static int history_on_start(rpc_call *call, const ProtobufCMessage *msg,
     int status;
 
     status = parse_kind(call, req->kind, false, &kind);
-    if (status == RPC_OK && (req->name == NULL || req->name[0] == '\0'))
-        status = fail_msg(call, RPC_INVALID_ARGUMENT, "name: required");
+    if (status == RPC_OK)
+        status = check_request_name(call, "name", req->name, true);
+    if (status == RPC_OK)
+        status = check_request_name(call, "scope", req->scope, false);
     if (status == RPC_OK &&
         cp_store_history(g->store, res_kind_name(kind),
                          default_scope(kind, req->scope), req->name, req->limit,

@@ -4,6 +4,7 @@
  * every touched resource's mod revision, retried when one moved.
  */
 #include "controlplane/store.h"
+#include "common/log.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -138,6 +139,7 @@ static int resource_from_kv(const etcd_kv *kv, cp_resource *r, polis_error *err)
     json_error_t jerr;
     const char *kind = NULL, *name = NULL, *author = NULL, *at = NULL,
                *scope = NULL;
+    int deleted = 0;
 
     memset(r, 0, sizeof(*r));
     v = json_loadb(kv->value, kv->value_len, 0, &jerr);
@@ -150,13 +152,13 @@ static int resource_from_kv(const etcd_kv *kv, cp_resource *r, polis_error *err)
     doc = json_object_get(v, "document");
     if (json_unpack(v, "{s?s, s?s, s?s, s?I, s?b, s?s}", "author", &author,
                     "updatedAt", &at, "scope", &scope, "generation",
-                    &r->generation, "deleted", &r->deleted, "kind",
-                    &kind) != 0 ||
+                    &r->generation, "deleted", &deleted, "kind", &kind) != 0 ||
         !json_is_object(doc)) {
         json_decref(v);
         return polis_error_set(err, POLIS_EPROTO, kv->key,
                                "stored value is not a Polis record");
     }
+    r->deleted = deleted != 0; /* "b" stores an int */
     json_unpack(doc, "{s?s, s?{s?s}}", "kind", &kind, "metadata", "name",
                 &name);
     snprintf(r->kind, sizeof(r->kind), "%s", kind ? kind : "");
@@ -255,7 +257,8 @@ static char *plan_keep(write_plan *p, char *s)
     return s;
 }
 
-static void plan_put(write_plan *p, const char *key, const char *value)
+/* Returns the plan's copy of key (NULL when out of memory). */
+static const char *plan_put(write_plan *p, const char *key, const char *value)
 {
     char *k = plan_keep(p, strdup(key));
     if (k && value)
@@ -263,6 +266,7 @@ static void plan_put(write_plan *p, const char *key, const char *value)
                                        .key = k,
                                        .value = value,
                                        .value_len = strlen(value)};
+    return k;
 }
 
 /* The write must find `key` as it was read (mod_revision 0: absent). */
@@ -307,7 +311,7 @@ static void plan_audit(cp_store *s, write_plan *p, const char *action,
 /*
  * Read every touched resource and the number of versions in its history in
  * one consistent read: responses[2i] is the resource, responses[2i + 1] the
- * count of history/<kind>/<scope>/<name>/.
+ * keys of history/<kind>/<scope>/<name>/.
  */
 static int read_current(cp_store *s, char **keys, char **hprefixes, size_t n,
                         etcd_txn_result *tr, polis_error *err)
@@ -319,10 +323,12 @@ static int read_current(cp_store *s, char **keys, char **hprefixes, size_t n,
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     for (size_t i = 0; i < n; i++) {
         ops[2 * i] = (etcd_op){.type = ETCD_OP_RANGE, .key = keys[i]};
+        /* Keys only: the count, and the revision of the last version
+         * (a deletion leaves only that behind). */
         ops[2 * i + 1] = (etcd_op){.type = ETCD_OP_RANGE,
                                    .key = hprefixes[i],
                                    .prefix = true,
-                                   .count_only = true};
+                                   .keys_only = true};
     }
     rc = etcd_txn(s->etcd, NULL, 0, ops, 2 * n, NULL, 0, tr, err);
     free(ops);
@@ -346,18 +352,38 @@ static int64_t current_versions(const etcd_txn_result *tr, size_t i)
     return tr->responses[2 * i + 1].count;
 }
 
-/* Did a document move past expected_revision? */
+/* The newest version's revision in the history (0: none). */
+static int64_t history_last_revision(const etcd_txn_result *tr, size_t i)
+{
+    const etcd_range_result *h = &tr->responses[2 * i + 1];
+    int64_t last = 0;
+
+    for (size_t j = 0; j < h->n; j++)
+        if (h->kvs[j].mod_revision > last)
+            last = h->kvs[j].mod_revision;
+    return last;
+}
+
+/* Did a document move past expected_revision, deletions included? */
 static int check_expected(const etcd_txn_result *tr, char **keys, size_t n,
                           int64_t expected, polis_error *err)
 {
     for (size_t i = 0; i < n; i++) {
         const etcd_kv *kv = current_kv(tr, i);
+        int64_t last = history_last_revision(tr, i);
+
         if (kv && kv->mod_revision > expected)
             return polis_error_set(
                 err, POLIS_ECONFLICT, keys[i],
                 "changed at revision %" PRId64 ", after the expected "
                 "revision %" PRId64 "; read it again and retry",
                 kv->mod_revision, expected);
+        if (kv == NULL && last > expected)
+            return polis_error_set(
+                err, POLIS_ECONFLICT, keys[i],
+                "deleted at revision %" PRId64 ", after the expected "
+                "revision %" PRId64 "; read it again and retry",
+                last, expected);
     }
     return 0;
 }
@@ -510,6 +536,7 @@ static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
     for (size_t i = 0; i < n; i++) {
         int64_t gen = st[i].versions + 1;
         char hkey[KEY_MAX], *rec;
+        const char *hkey_kept;
 
         plan_unchanged_since(plan, k->keys[i], st[i].mod);
         if (st[i].doc && strcmp(st[i].doc, changes[i].doc_json) == 0) {
@@ -520,16 +547,22 @@ static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
         results[i].action = st[i].doc ? "updated" : "created";
         results[i].generation = gen;
         n_changed++;
-        rec = plan_keep(plan, record_json(changes[i].doc_json, changes[i].scope,
-                                          gen, author, at, false, err));
+        rec = record_json(changes[i].doc_json, changes[i].scope, gen, author,
+                          at, false, err);
+        if (rec == NULL) {
+            json_decref(audit_changes);
+            return err && err->code ? err->code : POLIS_ENOMEM;
+        }
+        plan_keep(plan, rec);
         plan_put(plan, k->keys[i], rec);
         snprintf(hkey, sizeof(hkey), "%s%020" PRId64, k->hprefixes[i], gen);
-        plan_put(plan, hkey, rec);
-        plan->cmps[plan->n_cmps++] =
-            (etcd_compare){.key = plan->ops[plan->n_ops - 1].key,
-                           .target = ETCD_CMP_CREATE,
-                           .op = ETCD_CMP_EQUAL,
-                           .number = 0};
+        hkey_kept = plan_put(plan, hkey, rec);
+        if (hkey_kept)
+            plan->cmps[plan->n_cmps++] =
+                (etcd_compare){.key = hkey_kept,
+                               .target = ETCD_CMP_CREATE,
+                               .op = ETCD_CMP_EQUAL,
+                               .number = 0};
         json_array_append_new(
             audit_changes,
             json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", changes[i].kind,
@@ -703,7 +736,7 @@ static int range_all(cp_store *s, const char *prefix, int64_t revision,
                      etcd_kv **kvs_out, size_t *n_out, int64_t *rev_out,
                      polis_error *err)
 {
-    char from[KEY_MAX + 1], end[KEY_MAX];
+    char *from = NULL, end[KEY_MAX];
     etcd_kv *all = NULL;
     size_t n = 0;
     int rc = 0;
@@ -712,7 +745,9 @@ static int range_all(cp_store *s, const char *prefix, int64_t revision,
     /* range_end of a prefix: the prefix with its last byte incremented. */
     memcpy(end, prefix, plen + 1);
     end[plen - 1]++;
-    snprintf(from, sizeof(from), "%s", prefix);
+    from = strdup(prefix);
+    if (from == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     *rev_out = revision;
     for (;;) {
         etcd_range_result rr = {0};
@@ -739,19 +774,23 @@ static int range_all(cp_store *s, const char *prefix, int64_t revision,
         }
         bool more = rr.more && rr.n > 0;
         if (more) {
-            /* Next page starts just after the last key. */
-            snprintf(from, sizeof(from), "%s", all[n - 1].key);
-            size_t fl = strlen(from);
-            if (fl + 1 < sizeof(from)) {
-                from[fl] = '\x01';
-                from[fl + 1] = '\0';
+            /* The next page starts just after the last key: key + "\x01"
+             * (keys here are text; none holds a NUL byte). */
+            free(from);
+            from = NULL;
+            if (asprintf(&from, "%s\x01", all[n - 1].key) < 0)
+                from = NULL;
+            if (from == NULL) {
+                etcd_range_result_free(&rr);
+                rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+                break;
             }
-            /* "\x01" sorts right after the key itself among valid keys. */
         }
         etcd_range_result_free(&rr);
         if (!more)
             break;
     }
+    free(from);
     if (rc) {
         for (size_t i = 0; i < n; i++) {
             free(all[i].key);
@@ -774,26 +813,38 @@ static void kvs_free(etcd_kv *kvs, size_t n)
     free(kvs);
 }
 
+/*
+ * Records into resources.  A record that is not Polis's (written around the
+ * control plane, e.g. with etcdctl) is skipped with a warning rather than
+ * failing the whole listing.
+ */
 static int resources_from_kvs(etcd_kv *kvs, size_t n, bool newest_first,
                               size_t limit, cp_resource **out, size_t *n_out,
                               polis_error *err)
 {
-    size_t take = limit && limit < n ? limit : n;
+    size_t take = limit && limit < n ? limit : n, got = 0;
     cp_resource *list = calloc(take ? take : 1, sizeof(*list));
-    int rc = 0;
 
     if (list == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    for (size_t i = 0; i < take; i++) {
+    for (size_t i = 0; i < n && got < take; i++) {
         size_t src = newest_first ? n - 1 - i : i;
-        rc = resource_from_kv(&kvs[src], &list[i], err);
-        if (rc) {
-            cp_resources_free(list, i);
-            return rc;
+        polis_error bad = {0};
+        char msg[512];
+
+        if (resource_from_kv(&kvs[src], &list[got], &bad) == 0) {
+            got++;
+            continue;
         }
+        if (bad.code == POLIS_ENOMEM) {
+            cp_resources_free(list, got);
+            return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        }
+        log_warn("skipping an unreadable record", "error=\"%s\"",
+                 polis_error_format(&bad, msg, sizeof(msg)));
     }
     *out = list;
-    *n_out = take;
+    *n_out = got;
     return 0;
 }
 

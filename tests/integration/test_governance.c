@@ -905,6 +905,55 @@ static void test_bad_empty_apply(void)
     expect_nothing_written(&before);
 }
 
+/* expected_revision also guards against a deletion after the read. */
+static void test_expected_revision_sees_delete(void)
+{
+    char *v = domain_doc("gone-later", "a@example.com");
+    doc d = {"gone.json", v};
+    Polis__V1__ApplyResponse *r = NULL;
+    Polis__V1__DeleteRequest dreq = POLIS__V1__DELETE_REQUEST__INIT;
+    ProtobufCMessage *dresp = NULL;
+    rpc_status st = {0};
+    int64_t read_at;
+
+    CU_ASSERT_EQUAL_FATAL(apply_on(chan, &d, 1, 0, false, AUTHOR, &r, &st),
+                          RPC_OK);
+    read_at = r->revision;
+    free_msg(r);
+    dreq.kind = "Domain";
+    dreq.name = "gone-later";
+    CU_ASSERT_EQUAL_FATAL(rpc_unary(chan, &polis__v1__governance__descriptor,
+                                    "Delete", &dreq.base, &dresp, NULL, 0,
+                                    CALL_TIMEOUT_MS, &st),
+                          RPC_OK);
+    free_msg(dresp);
+    CU_ASSERT_EQUAL(apply_on(chan, &d, 1, read_at, false, AUTHOR, NULL, &st),
+                    RPC_ABORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(st.message, "deleted at revision"));
+    free(v);
+}
+
+/* A record written around the control plane (etcdctl) that is not a Polis
+ * record does not break List; names that cannot exist are refused. */
+static void test_foreign_record_and_bad_names(void)
+{
+    char key[256];
+    Polis__V1__ListResponse *l = NULL;
+    rpc_status st = {0};
+
+    snprintf(key, sizeof(key), "/polis/resources/domain/global/zz-foreign");
+    CU_ASSERT_EQUAL_FATAL(etcd_put(etcd, key, "not json", 8, 0, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(list_res("Domain", NULL, &l, &st), RPC_OK);
+    for (size_t i = 0; l && i < l->n_resources; i++)
+        CU_ASSERT_STRING_NOT_EQUAL(l->resources[i]->name, "zz-foreign");
+    free_msg(l);
+    CU_ASSERT_EQUAL(
+        get_res("Domain", NULL, "../../meta/masking-key", NULL, &st),
+        RPC_INVALID_ARGUMENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(st.message, "not a valid name"));
+    CU_ASSERT_EQUAL(etcd_delete(etcd, key, false, NULL, NULL, NULL), 0);
+}
+
 /* ====================================================== concurrency */
 
 typedef struct racer {
@@ -1519,6 +1568,8 @@ static const test_case bad_cases[] = {
      test_bad_last_of_set_invalid_writes_none},
     {"every_problem_reported", test_bad_every_problem_reported},
     {"empty_apply", test_bad_empty_apply},
+    {"expected_revision_sees_delete", test_expected_revision_sees_delete},
+    {"foreign_record_and_bad_names", test_foreign_record_and_bad_names},
     {NULL, NULL}};
 
 static const test_case concurrency_cases[] = {

@@ -552,6 +552,25 @@ static void test_round_trip_of_parsed_document(void)
     json_decref(docs);
 }
 
+/* Untrusted text (RPC metadata, a peer's error) becomes printable UTF-8:
+ * bad bytes and control characters turn into '?', cuts keep characters
+ * whole. */
+static void test_utf8_sanitize(void)
+{
+    char out[16];
+
+    CU_ASSERT_STRING_EQUAL(
+        doc_utf8_sanitize(out, sizeof(out), "eve\xff\xfe\nx@h"), "eve???x@h");
+    CU_ASSERT_STRING_EQUAL(doc_utf8_sanitize(out, sizeof(out), "caf\xc3\xa9"),
+                           "caf\xc3\xa9");
+    /* "\xe2\x82\xac" (euro) does not fit after 5 bytes of 6: cut before. */
+    CU_ASSERT_STRING_EQUAL(doc_utf8_sanitize(out, 7, "abcd\xe2\x82\xac"),
+                           "abcd");
+    CU_ASSERT_STRING_EQUAL(doc_utf8_sanitize(out, sizeof(out), "\xe2\x82"),
+                           "??");
+    CU_ASSERT_STRING_EQUAL(doc_utf8_sanitize(out, sizeof(out), NULL), "");
+}
+
 static const test_case read_cases[] = {
     {"yaml_multi_document", test_yaml_multi_document},
     {"empty_input_is_no_documents", test_empty_input_is_no_documents},
@@ -566,6 +585,7 @@ static const test_case read_cases[] = {
     {"anchors_and_aliases_rejected", test_anchors_and_aliases_rejected},
     {"tags_nul_and_non_finite", test_tags_nul_and_non_finite},
     {"depth_limit", test_depth_limit},
+    {"utf8_sanitize", test_utf8_sanitize},
     {NULL, NULL},
 };
 
