@@ -15,7 +15,7 @@ int check_subject_from_principal(const char *name, const json_t *principal,
     const json_t *attrs = json_object_get(spec, "attributes");
     const char *key;
     json_t *v;
-    size_t i, n = 0;
+    size_t i, n = 0, nvalues = 0;
 
     memset(&out->subject, 0, sizeof(out->subject));
     out->subject.name = name;
@@ -38,10 +38,30 @@ int check_subject_from_principal(const char *name, const json_t *principal,
                                name, json_object_size(attrs), CHECK_MAX_ATTRS);
     json_object_foreach((json_t *)attrs, key, v)
     {
-        if (!json_is_string(v))
+        pol_expr_attr *a = &out->attrs[n];
+        size_t j;
+        json_t *item;
+
+        if (json_is_string(v)) {
+            *a = (pol_expr_attr){.name = key, .value = json_string_value(v)};
+            n++;
             continue;
-        out->attrs[n] =
-            (pol_expr_attr){.name = key, .value = json_string_value(v)};
+        }
+        if (!json_is_array(v))
+            continue; /* the resource validator allows nothing else */
+        if (nvalues + json_array_size(v) > CHECK_MAX_ATTR_VALUES)
+            return polis_error_set(err, POLIS_ETOOBIG, "spec.attributes",
+                                   "principal \"%s\" has more than %d "
+                                   "attribute values",
+                                   name, CHECK_MAX_ATTR_VALUES);
+        *a = (pol_expr_attr){
+            .name = key, .is_list = true, .values = &out->values[nvalues]};
+        json_array_foreach(v, j, item)
+        {
+            if (json_is_string(item))
+                out->values[nvalues + a->nvalues++] = json_string_value(item);
+        }
+        nvalues += a->nvalues;
         n++;
     }
     out->subject.attrs = out->attrs;

@@ -13,7 +13,8 @@
 
 #include <jansson.h>
 
-#define CHECK_MAX_ATTRS 64
+#define CHECK_MAX_ATTRS       64
+#define CHECK_MAX_ATTR_VALUES 256 /* strings in all list attributes */
 
 /* A subject built from a Principal document; borrows the document's strings
  * (keep the json_t alive while it is used). */
@@ -21,12 +22,14 @@ typedef struct check_subject {
     pol_expr_subject subject;
     const char *groups[POL_MAX_GROUPS];
     pol_expr_attr attrs[CHECK_MAX_ATTRS];
+    const char *values[CHECK_MAX_ATTR_VALUES]; /* list attributes' items */
 } check_subject;
 
 /*
- * Fill `out` from a Principal document (spec.groups, spec.attributes), or
- * from the name alone when `principal` is NULL (an unknown principal has no
- * groups and no attributes).  Groups or attributes beyond the bounds are an
+ * Fill `out` from a Principal document (spec.groups, spec.attributes: a
+ * string or a list of strings each), or from the name alone when
+ * `principal` is NULL (an unknown principal has no groups and no
+ * attributes).  Groups, attributes or list items beyond the bounds are an
  * error (POLIS_ETOOBIG) rather than silently dropped.
  */
 int check_subject_from_principal(const char *name, const json_t *principal,
@@ -41,7 +44,7 @@ typedef struct check_columns {
 /*
  * Build `req` from a CheckRequest (product, port, purpose, columns) and a
  * subject; everything borrowed.  POLIS_EINVAL with the field for a missing
- * product, an unknown port or too many columns.
+ * product or an unknown port, POLIS_ETOOBIG for too many columns.
  */
 int check_request_from_pb(const Polis__V1__CheckRequest *in,
                           const check_subject *subject, check_columns *cols,
