@@ -9,6 +9,7 @@
  * queues, so it is safe to call under it.
  */
 #include "controlplane/distribution.h"
+#include "common/document.h"
 #include "common/log.h"
 #include "common/resource.h"
 #include "polis/v1/distribution.pb-c.h"
@@ -115,6 +116,7 @@ struct cp_dist {
     json_t *resources; /* "Kind/scope/name" -> document */
     int64_t revision;
     domain_state *domains;
+    stream *newcomers; /* streams that have not said hello yet */
     bool change_pending;
     double first_change, last_change;
     etcd_watch *watch;
@@ -328,6 +330,7 @@ static void status_queue(cp_dist *d, stream *st, bool connected)
                   (json_int_t)wall_ms(), "connectedSince", st->connected_since);
     if (rec == NULL)
         return;
+    st->last_status_write = mono_now();
     json_object_set_new(
         d->status_pending, st->id,
         json_pack("{s:o, s:b}", "record", rec, "connected", connected));
@@ -473,7 +476,8 @@ static void *status_thread(void *arg)
 static void stream_service_locked(cp_dist *d, stream *st, double now)
 {
     if (st->pending && rpc_call_send_queue_len(st->call) == 0) {
-        if (rpc_call_send(st->call, &st->pending->cm.base) == 0) {
+        int rc = rpc_call_send(st->call, &st->pending->cm.base);
+        if (rc == 0) {
             snapshot_unref(st->sent);
             st->sent = st->pending;
             st->pending = NULL;
@@ -481,6 +485,20 @@ static void stream_service_locked(cp_dist *d, stream *st, double now)
             st->pushed_at_ms = wall_ms();
             st->last_keepalive = now;
             metric_add(d->m_pushes, 1);
+            status_queue(d, st, true);
+        } else if (rc == POLIS_ETOOBIG) {
+            /* It would never fit: say so instead of retrying forever. */
+            snprintf(st->last_error, sizeof(st->last_error),
+                     "snapshot at revision %" PRId64 " (%zu resources) is "
+                     "over the gRPC message limit; not sent",
+                     st->pending->revision, st->pending->msg.n_resources);
+            log_error("snapshot too large to push",
+                      "id=%s domain=%s "
+                      "revision=%" PRId64,
+                      st->id, st->domain, st->pending->revision);
+            st->latest_revision = st->pending->revision;
+            snapshot_unref(st->pending);
+            st->pending = NULL;
             status_queue(d, st, true);
         }
     }
@@ -499,6 +517,58 @@ static void stream_service_locked(cp_dist *d, stream *st, double now)
         rpc_call_finish(st->call, RPC_UNAVAILABLE,
                         "no message from the sidecar for three keepalive "
                         "periods");
+}
+
+/* Service every stream: pushes, keepalives, silence; and streams that
+ * never said hello get three keepalive periods to do so. */
+static void service_streams_locked(cp_dist *d, double now)
+{
+    for (domain_state *dom = d->domains; dom; dom = dom->next)
+        for (stream *st = dom->streams; st; st = st->next)
+            stream_service_locked(d, st, now);
+    for (stream *st = d->newcomers; st; st = st->next)
+        if (now - st->last_seen > 3.0 * d->keepalive_ms / 1000.0)
+            rpc_call_finish(st->call, RPC_DEADLINE_EXCEEDED,
+                            "no hello within three keepalive periods");
+}
+
+/* Take st out of the list it is in (a domain's, or the newcomers'). */
+static void stream_unlink_locked(cp_dist *d, stream *st)
+{
+    stream **head = st->dom ? &st->dom->streams : &d->newcomers;
+
+    for (stream **p = head; *p; p = &(*p)->next)
+        if (*p == st) {
+            *p = st->next;
+            break;
+        }
+    st->next = NULL;
+}
+
+/* Is another live stream of this replica speaking for sidecar `id`? */
+static bool id_connected_locked(cp_dist *d, const stream *except,
+                                const char *id)
+{
+    for (domain_state *dom = d->domains; dom; dom = dom->next)
+        for (stream *st = dom->streams; st; st = st->next)
+            if (st != except && strcmp(st->id, id) == 0)
+                return true;
+    return false;
+}
+
+/* A domain nobody listens to is forgotten (its snapshot is rebuilt on the
+ * next hello), so unknown names sent in hellos cannot pile up. */
+static void domain_drop_if_idle_locked(cp_dist *d, domain_state *dom)
+{
+    if (dom->streams)
+        return;
+    for (domain_state **p = &d->domains; *p; p = &(*p)->next)
+        if (*p == dom) {
+            *p = dom->next;
+            break;
+        }
+    snapshot_unref(dom->current);
+    free(dom);
 }
 
 /* Offer `snap` to the stream: coalesces to the newest. */
@@ -616,19 +686,32 @@ static int load_all(cp_dist *d, polis_error *err)
     return 0;
 }
 
+/*
+ * Open a watch from d->revision + 1 and swap it in under the lock (so that
+ * cp_dist_free always cancels the current one); the old one, if any, is
+ * freed only once the new one is open.
+ */
 static int open_watch(cp_dist *d, polis_error *err)
 {
     char prefix[300];
     etcd_watch_opts o = {0};
+    etcd_watch *w = NULL, *old;
+    int rc;
 
     snprintf(prefix, sizeof(prefix), "%sresources/", cp_store_prefix(d->store));
     o.key = prefix;
     o.prefix = true;
     o.start_revision = d->revision + 1;
     o.progress_notify = true;
-    etcd_watch_free(d->watch);
-    d->watch = NULL;
-    return etcd_watch_open(d->etcd, &o, &d->watch, err);
+    rc = etcd_watch_open(d->etcd, &o, &w, err);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&d->lock);
+    old = d->watch;
+    d->watch = w;
+    pthread_mutex_unlock(&d->lock);
+    etcd_watch_free(old);
+    return 0;
 }
 
 static void apply_events_locked(cp_dist *d, const etcd_watch_batch *b,
@@ -665,10 +748,30 @@ static void apply_events_locked(cp_dist *d, const etcd_watch_batch *b,
         d->revision = b->revision;
 }
 
+/* Full resync: reload every resource, watch again from there, rebuild. */
+static void resync(cp_dist *d, const char *why)
+{
+    polis_error err = {0};
+    char msg[1024];
+
+    log_warn("resyncing with etcd", "reason=\"%s\"", why);
+    if (load_all(d, &err) == 0 && open_watch(d, &err) == 0) {
+        pthread_mutex_lock(&d->lock);
+        rebuild_locked(d, true);
+        pthread_mutex_unlock(&d->lock);
+        return;
+    }
+    log_error("resync failed; retrying", "error=\"%s\"",
+              polis_error_format(&err, msg, sizeof(msg)));
+    struct timespec pause = {0, 500 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+}
+
 static void *dist_thread(void *arg)
 {
     cp_dist *d = arg;
     char msg[1024];
+    int failures = 0; /* consecutive watch errors */
 
     while (!atomic_load(&d->stop)) {
         etcd_watch_batch b = {0};
@@ -684,27 +787,16 @@ static void *dist_thread(void *arg)
             timeout = at > now ? (int)((at - now) * 1000) + 1 : 0;
         }
         pthread_mutex_unlock(&d->lock);
-        if (timeout > 10) {
-            /* Pending sends want servicing soon too. */
-            timeout = timeout > 50 ? 50 : timeout;
-        }
+        /* Pending sends and keepalives want servicing soon too. */
+        if (timeout > 50)
+            timeout = 50;
         rc = etcd_watch_next(d->watch, &b, timeout, &err);
-        if (rc == POLIS_ECANCELED)
+        if (rc == POLIS_ECANCELED && atomic_load(&d->stop))
             break;
         if (rc == POLIS_ECOMPACTED) {
-            log_warn("watch compacted; resyncing", "compact_revision=%" PRId64,
-                     b.compact_revision);
             etcd_watch_batch_free(&b);
-            if (load_all(d, &err) == 0 && open_watch(d, &err) == 0) {
-                pthread_mutex_lock(&d->lock);
-                rebuild_locked(d, true);
-                pthread_mutex_unlock(&d->lock);
-            } else {
-                log_error("resync failed; retrying", "error=\"%s\"",
-                          polis_error_format(&err, msg, sizeof(msg)));
-                struct timespec pause = {0, 500 * 1000 * 1000};
-                nanosleep(&pause, NULL);
-            }
+            resync(d, "the watch fell behind a compaction");
+            failures = 0;
             continue;
         }
         now = mono_now();
@@ -717,14 +809,21 @@ static void *dist_thread(void *arg)
             d->change_pending = false;
             rebuild_locked(d, false);
         }
-        for (domain_state *dom = d->domains; dom; dom = dom->next)
-            for (stream *st = dom->streams; st; st = st->next)
-                stream_service_locked(d, st, now);
+        service_streams_locked(d, now);
         pthread_mutex_unlock(&d->lock);
         etcd_watch_batch_free(&b);
-        if (rc && rc != POLIS_ETIMEDOUT) {
-            log_warn("watch error", "error=\"%s\"",
-                     polis_error_format(&err, msg, sizeof(msg)));
+        if (rc == 0 || rc == POLIS_ETIMEDOUT) {
+            failures = 0;
+            continue;
+        }
+        /* The watch retries broken connections itself; an error here is
+         * final for this watch (etcd refused it): start over. */
+        log_warn("watch error", "error=\"%s\"",
+                 polis_error_format(&err, msg, sizeof(msg)));
+        if (++failures >= 3) {
+            resync(d, msg);
+            failures = 0;
+        } else {
             struct timespec pause = {0, 100 * 1000 * 1000};
             nanosleep(&pause, NULL);
         }
@@ -762,12 +861,17 @@ static int subscribe_start(rpc_call *call, const ProtobufCMessage *req,
     st->call = call;
     st->last_seen = st->last_keepalive = mono_now();
     rpc_call_set_data(call, st);
+    pthread_mutex_lock(&d->lock);
+    st->next = d->newcomers;
+    d->newcomers = st;
+    pthread_mutex_unlock(&d->lock);
     return RPC_CONTINUE;
 }
 
 static int on_hello(cp_dist *d, stream *st, const Polis__V1__Hello *h)
 {
     domain_state *dom;
+    char key[RES_NAME_MAX + 32];
 
     if (st->hello) {
         rpc_call_set_status_message(st->call, "hello: sent twice");
@@ -788,20 +892,30 @@ static int on_hello(cp_dist *d, stream *st, const Polis__V1__Hello *h)
                                     h->domain);
         return RPC_INVALID_ARGUMENT;
     }
-    snprintf(st->id, sizeof(st->id), "%s", h->sidecar_id);
-    snprintf(st->domain, sizeof(st->domain), "%s", h->domain);
-    snprintf(st->address, sizeof(st->address), "%s", h->address);
-    snprintf(st->version, sizeof(st->version), "%s", h->version);
-    rfc3339_ms(wall_ms(), st->connected_since, sizeof(st->connected_since));
-    st->applied_revision = h->applied_revision;
-
     pthread_mutex_lock(&d->lock);
-    dom = domain_get_locked(d, st->domain);
+    /* A snapshot carries the principals and the masking key: only a
+     * domain the council created gets one. */
+    snprintf(key, sizeof(key), "Domain/%s/%s", RES_SCOPE_GLOBAL, h->domain);
+    if (json_object_get(d->resources, key) == NULL) {
+        pthread_mutex_unlock(&d->lock);
+        rpc_call_set_status_message(st->call,
+                                    "hello.domain: domain \"%s\" does not "
+                                    "exist (apply its Domain first)",
+                                    h->domain);
+        return RPC_FAILED_PRECONDITION;
+    }
+    dom = domain_get_locked(d, h->domain);
     if (dom == NULL) {
         pthread_mutex_unlock(&d->lock);
         rpc_call_set_status_message(st->call, "out of memory");
         return RPC_RESOURCE_EXHAUSTED;
     }
+    snprintf(st->id, sizeof(st->id), "%s", h->sidecar_id);
+    snprintf(st->domain, sizeof(st->domain), "%s", h->domain);
+    doc_utf8_sanitize(st->address, sizeof(st->address), h->address);
+    doc_utf8_sanitize(st->version, sizeof(st->version), h->version);
+    rfc3339_ms(wall_ms(), st->connected_since, sizeof(st->connected_since));
+    stream_unlink_locked(d, st); /* from the newcomers */
     st->hello = true;
     st->dom = dom;
     st->next = dom->streams;
@@ -812,8 +926,9 @@ static int on_hello(cp_dist *d, stream *st, const Polis__V1__Hello *h)
     }
     if (dom->current) {
         st->latest_revision = dom->current->revision;
+        /* Its own revision counts only with the same content (digest):
+         * another replica may number a snapshot differently. */
         if (strcmp(h->applied_digest, dom->current->digest) == 0)
-            /* It already enforces this content: nothing to send. */
             st->applied_revision = st->latest_revision;
         else
             stream_offer_locked(st, dom->current);
@@ -835,7 +950,9 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
     const Polis__V1__SidecarMessage *m = (const Polis__V1__SidecarMessage *)msg;
     double now = mono_now();
 
+    pthread_mutex_lock(&d->lock);
     st->last_seen = now;
+    pthread_mutex_unlock(&d->lock);
     if (m->msg_case == POLIS__V1__SIDECAR_MESSAGE__MSG_HELLO)
         return on_hello(d, st, m->hello);
     if (!st->hello) {
@@ -855,12 +972,16 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
         }
         break;
     case POLIS__V1__SIDECAR_MESSAGE__MSG_NACK:
-        snprintf(st->last_error, sizeof(st->last_error), "%s", m->nack->error);
+        /* Only a NACK of the newest push says what is in force now. */
+        if (st->sent == NULL || m->nack->revision != st->sent->revision)
+            break;
+        doc_utf8_sanitize(st->last_error, sizeof(st->last_error),
+                          m->nack->error);
         metric_add(d->m_nacks, 1);
         status_queue(d, st, true);
         log_warn("sidecar rejected a snapshot",
                  "id=%s domain=%s revision=%" PRId64 " error=\"%.200s\"",
-                 st->id, st->domain, m->nack->revision, m->nack->error);
+                 st->id, st->domain, m->nack->revision, st->last_error);
         break;
     default:
         /* Keepalive: refresh the stored lastSeen now and then, so that
@@ -881,14 +1002,13 @@ static void subscribe_end(rpc_call *call, int status, void *ud)
     if (st == NULL)
         return;
     pthread_mutex_lock(&d->lock);
+    stream_unlink_locked(d, st);
     if (st->dom) {
-        for (stream **p = &st->dom->streams; *p; p = &(*p)->next)
-            if (*p == st) {
-                *p = st->next;
-                break;
-            }
         metric_gauge_add(d->m_connected, -1);
-        status_queue(d, st, false);
+        /* A sidecar that already reconnected here stays connected. */
+        if (!id_connected_locked(d, st, st->id))
+            status_queue(d, st, false);
+        domain_drop_if_idle_locked(d, st->dom);
     }
     snapshot_unref(st->pending);
     snapshot_unref(st->sent);
@@ -914,6 +1034,8 @@ int cp_dist_new(etcd_client *etcd, cp_store *store, metrics *m,
 
     if (d == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->status_cond, NULL);
     d->etcd = etcd;
     d->store = store;
     d->m = m;
@@ -935,8 +1057,6 @@ int cp_dist_new(etcd_client *etcd, cp_store *store, metrics *m,
     }
     if (d->key_len)
         memcpy(d->key, opts->masking_key, d->key_len);
-    pthread_mutex_init(&d->lock, NULL);
-    pthread_cond_init(&d->status_cond, NULL);
     d->m_pushes = metrics_counter(m, "polis_distribution_pushes_total",
                                   "Snapshots pushed to sidecars", NULL);
     d->m_acks = metrics_counter(m, "polis_distribution_acks_total",
@@ -988,8 +1108,10 @@ void cp_dist_free(cp_dist *d)
     if (d == NULL)
         return;
     atomic_store(&d->stop, true);
+    pthread_mutex_lock(&d->lock);
     if (d->watch)
         etcd_watch_cancel(d->watch);
+    pthread_mutex_unlock(&d->lock);
     if (d->thread_started)
         pthread_join(d->thread, NULL);
     if (d->status_started) {

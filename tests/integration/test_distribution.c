@@ -878,6 +878,38 @@ static void test_unchanged_rewrite_then_hello(void)
 
 /* A sidecar that goes silent is cut after three keepalive periods (3 s
  * here) and shown DISCONNECTED. */
+/* A snapshot carries the principals and the masking key: a hello for a
+ * domain nobody created is refused, and a stream that never says hello is
+ * closed after three keepalive periods (found in review). */
+static void test_unknown_domain_and_no_hello(void)
+{
+    fake f;
+    ProtobufCMessage *msg = NULL;
+    rpc_status rs = {0};
+    polis_error err = {0};
+    int rc;
+
+    CU_ASSERT_FATAL(fake_open(&f, "fake-nodomain", "no-such-domain") == 0);
+    rc = rpc_stream_recv(f.s, &msg, 5000);
+    CU_ASSERT_EQUAL(rc, 0); /* ended, no snapshot */
+    if (rc == 1)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    CU_ASSERT_EQUAL(rpc_stream_status(f.s, &rs), RPC_FAILED_PRECONDITION);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rs.message, "does not exist"));
+    fake_close(&f);
+
+    memset(&f, 0, sizeof(f));
+    f.ch = cpenv_channel(cp);
+    CU_ASSERT_FATAL(f.ch != NULL &&
+                    rpc_stream_open(f.ch, &polis__v1__distribution__descriptor,
+                                    "Subscribe", NULL, 0, 0, &f.s, &err) == 0);
+    rc = rpc_stream_recv(f.s, &msg, 8000); /* silence: no hello */
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(rpc_stream_status(f.s, &rs), RPC_DEADLINE_EXCEEDED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rs.message, "no hello"));
+    fake_close(&f);
+}
+
 static void test_silent_sidecar_is_dropped(void)
 {
     fake f;
@@ -1038,7 +1070,7 @@ static void test_compaction_resync_stream(void)
     CU_ASSERT_FATAL(cm != NULL);
     CU_ASSERT_EQUAL(fake_ack(&f, cm->snapshot), 0);
     protobuf_c_message_free_unpacked(&cm->base, NULL);
-    seen_before = log_count("watch compacted");
+    seen_before = log_count("fell behind a compaction");
 
     rev = compact_behind_controlplane("compacted", v1, v2);
     CU_ASSERT(rev > 0);
@@ -1073,7 +1105,7 @@ static void test_compaction_resync_stream(void)
         protobuf_c_message_free_unpacked(&cm->base, NULL);
     }
     CU_ASSERT(found);
-    CU_ASSERT(log_count("watch compacted") > seen_before);
+    CU_ASSERT(log_count("fell behind a compaction") > seen_before);
     fake_close(&f);
     etcd_del_record("policy/global", "compacted", NULL);
     free(v1);
@@ -1084,7 +1116,7 @@ static void test_compaction_resync(void)
 {
     char *v1, *v2;
     int64_t rev;
-    int seen_before = log_count("watch compacted");
+    int seen_before = log_count("fell behind a compaction");
 
     v1 = policy_doc("compacted", "global", "bob-crm", "allow", "bob", "crm/*");
     v2 = policy_doc("compacted", "global", "no-bob", "deny", "bob", "crm/*");
@@ -1101,7 +1133,7 @@ static void test_compaction_resync(void)
     CU_ASSERT_EQUAL(
         wait_status("crm-1", "SYNCED", rev, STATUS_WAIT_MS, NULL, NULL, NULL),
         0);
-    CU_ASSERT(log_count("watch compacted") > seen_before);
+    CU_ASSERT(log_count("fell behind a compaction") > seen_before);
     free(v1);
     free(v2);
 }
@@ -1111,6 +1143,7 @@ static const test_case stream_cases[] = {
     {"nack_status", test_nack_status},
     {"hello_with_current_digest", test_hello_with_current_digest},
     {"silent_sidecar_is_dropped", test_silent_sidecar_is_dropped},
+    {"unknown_domain_and_no_hello", test_unknown_domain_and_no_hello},
     {"compaction_resync", test_compaction_resync_stream},
     {"status_of_many_sidecars", test_status_of_many_sidecars},
     /* Last: under ASan the bug it shows kills the control plane. */
