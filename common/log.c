@@ -67,28 +67,83 @@ static size_t quote_into(char *out, size_t cap, size_t n, const char *s)
     return n;
 }
 
-static size_t json_pairs(char *out, size_t cap, size_t n, char *pairs)
+/*
+ * The pairs are "k=v k2=\"quoted value\"" as the caller formatted them;
+ * values may hold anything (a peer's error text), so a quoted value runs to
+ * its closing quote, with \" and \\ inside it unescaped here.
+ */
+static const char *next_pair(const char *p, char *key, size_t klen, char *val,
+                             size_t vlen)
 {
-    char *save = NULL;
-    for (char *tok = strtok_r(pairs, " ", &save); tok && n + 8 < cap;
-         tok = strtok_r(NULL, " ", &save)) {
-        char *eq = strchr(tok, '=');
-        if (eq == NULL)
-            continue;
-        *eq = '\0';
-        char *val = eq + 1;
-        size_t vl = strlen(val);
-        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
-            val[vl - 1] = '\0';
-            val++;
+    size_t k = 0, v = 0;
+
+    while (*p == ' ')
+        p++;
+    if (*p == '\0')
+        return NULL;
+    while (*p && *p != '=' && *p != ' ') {
+        if (k + 1 < klen)
+            key[k++] = *p;
+        p++;
+    }
+    key[k] = '\0';
+    if (*p != '=') {
+        val[0] = '\0';
+        return p;
+    }
+    p++;
+    if (*p == '"') {
+        for (p++; *p && *p != '"'; p++) {
+            if (*p == '\\' && p[1])
+                p++;
+            if (v + 1 < vlen)
+                val[v++] = *p;
         }
+        if (*p == '"')
+            p++;
+    } else {
+        while (*p && *p != ' ') {
+            if (v + 1 < vlen)
+                val[v++] = *p;
+            p++;
+        }
+    }
+    val[v] = '\0';
+    return p;
+}
+
+static size_t json_pairs(char *out, size_t cap, size_t n, const char *pairs)
+{
+    char key[128], val[2048];
+    const char *p = pairs;
+
+    while ((p = next_pair(p, key, sizeof(key), val, sizeof(val))) != NULL &&
+           n + 8 < cap) {
+        if (key[0] == '\0')
+            continue;
         n += (size_t)snprintf(out + n, cap - n, ",\"");
-        n = quote_into(out, cap, n, tok);
+        n = quote_into(out, cap, n, key);
         n += (size_t)snprintf(out + n, cap - n, "\":\"");
         n = quote_into(out, cap, n, val);
         n += (size_t)snprintf(out + n, cap - n, "\"");
     }
     return n;
+}
+
+/* In text lines, a value must not end the line or forge another pair:
+ * control characters become escapes (the quotes the caller put stay). */
+static void text_pairs(char *dst, size_t cap, const char *pairs)
+{
+    size_t n = 0;
+
+    for (const unsigned char *p = (const unsigned char *)pairs;
+         *p && n + 7 < cap; p++) {
+        if (*p < 0x20 || *p == 0x7F)
+            n += (size_t)snprintf(dst + n, cap - n, "\\x%02x", *p);
+        else
+            dst[n++] = (char)*p;
+    }
+    dst[n] = '\0';
 }
 
 void log_write(enum log_level level, const char *msg, const char *fmt, ...)
@@ -114,11 +169,13 @@ void log_write(enum log_level level, const char *msg, const char *fmt, ...)
         n = json_pairs(line, sizeof(line), n, pairs);
         snprintf(line + n, sizeof(line) - n, "}");
     } else {
+        char safe[2048];
+        text_pairs(safe, sizeof(safe), pairs);
         n = (size_t)snprintf(line, sizeof(line), "ts=%s level=%s msg=\"", ts,
                              level_names[level]);
         n = quote_into(line, sizeof(line), n, msg);
-        snprintf(line + n, sizeof(line) - n, "\"%s%s", pairs[0] ? " " : "",
-                 pairs);
+        snprintf(line + n, sizeof(line) - n, "\"%s%s", safe[0] ? " " : "",
+                 safe);
     }
     fprintf(stderr, "%s\n", line);
 }

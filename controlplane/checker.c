@@ -46,16 +46,21 @@ void cp_checker_free(cp_checker *c)
     free(c);
 }
 
-/* Append every stored resource of `kind` to docs. */
-static int append_kind(cp_store *store, const char *kind, json_t *docs,
-                       int64_t *revision, polis_error *err)
+/* Policies and DataProducts, all read at one revision (one listing), so
+ * the engine never mixes two points in time. */
+static int load_documents(cp_store *store, json_t *docs, int64_t *revision,
+                          polis_error *err)
 {
     cp_resource *list = NULL;
     size_t n = 0;
-    int rc = cp_store_list(store, kind, NULL, &list, &n, revision, err);
+    int rc = cp_store_list(store, NULL, NULL, &list, &n, revision, err);
 
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        json_t *doc = json_loads(list[i].doc_json, 0, NULL);
+        json_t *doc;
+        if (strcmp(list[i].kind, "Policy") != 0 &&
+            strcmp(list[i].kind, "DataProduct") != 0)
+            continue;
+        doc = json_loads(list[i].doc_json, 0, NULL);
         if (doc == NULL)
             rc = polis_error_set(err, POLIS_EPROTO, list[i].name,
                                  "stored document is not JSON");
@@ -79,9 +84,7 @@ static int refresh_engine(cp_checker *c, polis_error *err)
     docs = json_array();
     if (docs == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    rc = append_kind(c->store, "Policy", docs, &revision, err);
-    if (rc == 0)
-        rc = append_kind(c->store, "DataProduct", docs, &revision, err);
+    rc = load_documents(c->store, docs, &revision, err);
     if (rc == 0) {
         rc = pol_engine_build(docs, NULL, &engine, err);
         if (rc)

@@ -102,6 +102,7 @@ typedef struct cp_runtime {
     metrics *m;
     etcd_server *embedded;
     etcd_client *etcd;
+    etcd_client *probe; /* readiness checks: short timeout */
     cp_store *store;
     cp_governance *gov;
     cp_dist *dist;
@@ -109,19 +110,21 @@ typedef struct cp_runtime {
     admin_http *admin;
 } cp_runtime;
 
-/* /readyz: etcd answers a serializable read within a second. */
+/* /readyz: etcd answers a linearizable read (so it has a quorum) within
+ * the probe client's short timeout, so that a hanging etcd cannot hold up
+ * /healthz and /metrics behind it on the admin thread. */
 static int readiness(void *ud, char *reason, size_t len)
 {
     cp_runtime *rt = ud;
     etcd_range_result rr = {0};
-    etcd_range_opts o = {.count_only = true, .serializable = false};
+    etcd_range_opts o = {.count_only = true};
     polis_error err = {0};
     char key[300], msg[1024];
     int rc;
 
     snprintf(key, sizeof(key), "%smeta/last-change",
              cp_store_prefix(rt->store));
-    rc = etcd_range(rt->etcd, key, &o, &rr, &err);
+    rc = etcd_range(rt->probe, key, &o, &rr, &err);
     etcd_range_result_free(&rr);
     if (rc) {
         snprintf(reason, len, "etcd unreachable: %s",
@@ -228,6 +231,10 @@ static int runtime_start(cp_runtime *rt, polis_error *err)
     eo.timeout_ms = rt->conf.etcd_timeout_ms;
     if ((rc = etcd_client_new(&eo, &rt->etcd, err)))
         return rc;
+    eo.timeout_ms = 800;
+    eo.connect_timeout_ms = 300;
+    if ((rc = etcd_client_new(&eo, &rt->probe, err)))
+        return rc;
     if ((rc = cp_store_new(rt->etcd, rt->conf.etcd_prefix, &rt->store, err)))
         return rc;
     go.max_documents = (size_t)rt->conf.max_documents;
@@ -271,6 +278,7 @@ static void runtime_stop(cp_runtime *rt)
     cp_dist_free(rt->dist);
     cp_governance_free(rt->gov);
     cp_store_free(rt->store);
+    etcd_client_free(rt->probe);
     etcd_client_free(rt->etcd);
     if (rt->embedded) {
         etcd_server_stop(rt->embedded, 5000, NULL, NULL);
