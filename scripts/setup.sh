@@ -20,6 +20,7 @@ packages=(
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
     libcurl4-openssl-dev libjansson-dev libevent-dev libcunit1-dev
     libyaml-dev libssl-dev libsqlite3-dev sqlite3
+    libpq-dev postgresql
     etcd-server etcd-client
     clang libclang-rt-14-dev
     curl ca-certificates procps
