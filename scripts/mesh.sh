@@ -16,6 +16,8 @@ build=${POLIS_BUILD_DIR:-$root/build}
 grpc_addr=${POLIS_MESH_LISTEN:-127.0.0.1:7400}
 admin_addr=${POLIS_MESH_ADMIN:-127.0.0.1:7401}
 cp_pidfile=$dir/controlplane.pid
+# Sidecars of the sample domains: name, HTTP port, admin port, gRPC port.
+sidecars=("sales 7480 7481 7482" "crm 7490 7491 7492")
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -28,6 +30,37 @@ wait_ready() {
     echo "mesh: the control plane did not become ready; its log:" >&2
     tail -20 "$dir/controlplane.log" >&2 || true
     return 1
+}
+
+start_sidecar() {
+    local domain=$1 http=$2 admin=$3 grpc=$4 pidfile=$dir/sidecar-$1.pid
+    if running "$pidfile"; then
+        echo "mesh: sidecar $domain already running (pid $(cat "$pidfile"))"
+        return 0
+    fi
+    echo "mesh: starting polis-sidecar for $domain on 127.0.0.1:$http"
+    nohup "$build/sidecar/polis-sidecar" --domain "$domain" \
+        --controlplane "$grpc_addr" --id "mesh-$domain" \
+        --state-dir "$dir/sidecar-$domain" \
+        --listen "127.0.0.1:$http" --admin-listen "127.0.0.1:$admin" \
+        --grpc-listen "127.0.0.1:$grpc" \
+        >>"$dir/sidecar-$domain.log" 2>&1 &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 50); do
+        curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "mesh: sidecar $domain is not ready yet; see $dir/sidecar-$domain.log" >&2
+}
+
+stop_pid() {
+    local pidfile=$1 what=$2
+    if running "$pidfile"; then
+        kill -TERM "$(cat "$pidfile")"
+        for _ in $(seq 1 50); do running "$pidfile" || break; sleep 0.1; done
+        echo "mesh: stopped $what"
+    fi
+    rm -f "$pidfile"
 }
 
 up() {
@@ -46,6 +79,10 @@ up() {
     wait_ready
     echo "mesh: applying the sample resources in examples/mesh/"
     "$build/cli/polisctl" --server "$grpc_addr" apply -f "$root/examples/mesh"
+    for sc in "${sidecars[@]}"; do
+        # shellcheck disable=SC2086
+        start_sidecar $sc
+    done
     cat <<TXT
 
 Polis is running.  Try:
@@ -54,21 +91,24 @@ Polis is running.  Try:
   polisctl list policies -o yaml         # the sample policies
   polisctl get dataproduct orders        # a data-product contract
   polisctl history domain sales          # versions of a resource
+  polisctl check --principal alice --product sales/orders --purpose analytics
+  polisctl sidecars                      # the sidecars and their snapshots
   curl -s http://$admin_addr/metrics | grep polis_
 
-Logs: $dir/controlplane.log   Stop: scripts/mesh.sh down
+The sales sidecar answers access checks the same way, from its own snapshot:
+  curl -s -X POST http://127.0.0.1:7480/v1/check \\
+    -d '{"token":"alice-token","product":"sales/orders","purpose":"analytics"}'
+
+Logs: $dir/*.log   Stop: scripts/mesh.sh down
 TXT
 }
 
 down() {
-    if running "$cp_pidfile"; then
-        kill -TERM "$(cat "$cp_pidfile")"
-        for _ in $(seq 1 50); do running "$cp_pidfile" || break; sleep 0.1; done
-        echo "mesh: stopped the control plane"
-    else
-        echo "mesh: nothing running"
-    fi
-    rm -f "$cp_pidfile"
+    for sc in "${sidecars[@]}"; do
+        set -- $sc
+        stop_pid "$dir/sidecar-$1.pid" "sidecar $1"
+    done
+    stop_pid "$cp_pidfile" "the control plane"
 }
 
 status() {
@@ -78,6 +118,14 @@ status() {
     else
         echo "control plane: not running"
     fi
+    for sc in "${sidecars[@]}"; do
+        set -- $sc
+        if running "$dir/sidecar-$1.pid"; then
+            echo "sidecar $1: running, pid $(cat "$dir/sidecar-$1.pid"), http 127.0.0.1:$2, admin 127.0.0.1:$3"
+        else
+            echo "sidecar $1: not running"
+        fi
+    done
 }
 
 case "${1:-up}" in
