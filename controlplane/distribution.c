@@ -10,6 +10,7 @@
  */
 #include "controlplane/distribution.h"
 #include "common/document.h"
+#include "controlplane/access.h"
 #include "common/log.h"
 #include "common/resource.h"
 #include "polis/v1/distribution.pb-c.h"
@@ -91,6 +92,7 @@ struct stream {
     char last_error[512];
     double last_seen, last_keepalive;
     double last_status_write;
+    uint64_t serial; /* names the stream to the access writer */
     stream *next;
 };
 
@@ -134,6 +136,9 @@ struct cp_dist {
 
     metric_series *m_pushes, *m_acks, *m_nacks, *m_connected, *m_builds,
         *m_convergence, *m_skipped;
+
+    cp_access *access;
+    uint64_t next_serial; /* under lock */
 };
 
 static double mono_now(void)
@@ -862,6 +867,7 @@ static int subscribe_start(rpc_call *call, const ProtobufCMessage *req,
     st->last_seen = st->last_keepalive = mono_now();
     rpc_call_set_data(call, st);
     pthread_mutex_lock(&d->lock);
+    st->serial = ++d->next_serial;
     st->next = d->newcomers;
     d->newcomers = st;
     pthread_mutex_unlock(&d->lock);
@@ -942,6 +948,53 @@ static int on_hello(cp_dist *d, stream *st, const Polis__V1__Hello *h)
     return RPC_CONTINUE;
 }
 
+static void send_access_ack(rpc_call *call, uint64_t batch)
+{
+    Polis__V1__AccessAck ack = POLIS__V1__ACCESS_ACK__INIT;
+    Polis__V1__ControlMessage cm = POLIS__V1__CONTROL_MESSAGE__INIT;
+
+    ack.batch = batch;
+    cm.msg_case = POLIS__V1__CONTROL_MESSAGE__MSG_ACCESS_ACK;
+    cm.access_ack = &ack;
+    /* A full send queue loses the ack: the sidecar sends the batch again
+     * and the store recognises it. */
+    rpc_call_send(call, &cm.base);
+}
+
+/* The access writer stored a batch: ack it on its stream, if still up.
+ * Streams are found by serial under the lock, so a stream that ended (and
+ * whose memory may be reused) is never written to. */
+static void on_access_stored(void *ud, uint64_t token, uint64_t batch)
+{
+    cp_dist *d = ud;
+
+    pthread_mutex_lock(&d->lock);
+    for (domain_state *dom = d->domains; dom; dom = dom->next)
+        for (stream *st = dom->streams; st; st = st->next)
+            if (st->serial == token) {
+                send_access_ack(st->call, batch);
+                goto out;
+            }
+out:
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void on_access_report(cp_dist *d, stream *st,
+                             const Polis__V1__AccessReport *rep)
+{
+    polis_error err = {0};
+    char msg[1024];
+    int rc = cp_access_submit(d->access, st->id, st->serial, rep, &err);
+
+    if (rc == POLIS_EINVAL) {
+        /* It would be refused every time: ack it so it is not resent. */
+        log_warn("access report refused",
+                 "id=%s batch=%" PRIu64 " error=\"%s\"", st->id, rep->batch,
+                 polis_error_format(&err, msg, sizeof(msg)));
+        send_access_ack(st->call, rep->batch);
+    }
+}
+
 static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
                              void *ud)
 {
@@ -958,6 +1011,12 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
     if (!st->hello) {
         rpc_call_set_status_message(call, "the first message must be hello");
         return RPC_FAILED_PRECONDITION;
+    }
+    if (m->msg_case == POLIS__V1__SIDECAR_MESSAGE__MSG_ACCESS) {
+        /* Outside the lock: validating 500 records is not free. */
+        if (m->access)
+            on_access_report(d, st, m->access);
+        return RPC_CONTINUE;
     }
     pthread_mutex_lock(&d->lock);
     switch (m->msg_case) {
@@ -1074,6 +1133,20 @@ int cp_dist_new(etcd_client *etcd, cp_store *store, metrics *m,
         m, "polis_distribution_convergence_seconds",
         "From a change seen in etcd to the sidecar's ACK", NULL,
         metrics_latency_buckets, metrics_latency_buckets_n);
+    {
+        cp_access_options ao = {0};
+        int rc;
+
+        ao.ttl_s = opts ? opts->access_ttl_s : 0;
+        ao.stored = on_access_stored;
+        ao.stored_ud = d;
+        rc = cp_access_new(etcd, cp_store_prefix(store), m, &ao, &d->access,
+                           err);
+        if (rc) {
+            cp_dist_free(d);
+            return rc;
+        }
+    }
     *out = d;
     return 0;
 }
@@ -1107,6 +1180,9 @@ void cp_dist_free(cp_dist *d)
 {
     if (d == NULL)
         return;
+    /* First: its thread calls back into d. */
+    cp_access_free(d->access);
+    d->access = NULL;
     atomic_store(&d->stop, true);
     pthread_mutex_lock(&d->lock);
     if (d->watch)

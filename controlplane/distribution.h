@@ -4,7 +4,9 @@
  * debounce → per-domain snapshots rebuilt only where their content changed →
  * pushed to the domain's sidecar streams, which answer ACK or NACK.  Sidecar
  * status is kept in etcd under <prefix>sidecars/<id>, bound to a lease, so
- * every replica can list it. Design notes: docs/internals/distribution.md.
+ * every replica can list it.  Access reports from the sidecars are handed
+ * to controlplane/access.h and acknowledged once stored.  Design notes:
+ * docs/internals/distribution.md, docs/internals/access.md.
  */
 #ifndef POLIS_CP_DISTRIBUTION_H
 #define POLIS_CP_DISTRIBUTION_H
@@ -26,6 +28,7 @@ typedef struct cp_dist_options {
     const char *replica;     /* this control plane, as status shows it */
     const void *masking_key; /* sent in every snapshot (copied) */
     size_t masking_key_len;
+    int access_ttl_s; /* access records kept in etcd at least; 0: 3600 */
 } cp_dist_options;
 
 typedef struct cp_dist cp_dist;

@@ -6,6 +6,7 @@
 #include "controlplane/governance.h"
 #include "common/document.h"
 #include "common/resource.h"
+#include "controlplane/access.h"
 #include "controlplane/checker.h"
 #include "controlplane/distribution.h"
 #include "policy/api/check.h"
@@ -651,6 +652,29 @@ static int sidecars_on_start(rpc_call *call, const ProtobufCMessage *msg,
     return status;
 }
 
+static int access_on_start(rpc_call *call, const ProtobufCMessage *msg,
+                           void *ud)
+{
+    cp_governance *g = ud;
+    const Polis__V1__AccessRequest *req = (const Polis__V1__AccessRequest *)msg;
+    Polis__V1__AccessResponse resp = POLIS__V1__ACCESS_RESPONSE__INIT;
+    polis_error err = {0};
+    double started = now_seconds();
+    int status = RPC_OK;
+
+    if (cp_access_list(cp_store_etcd(g->store), cp_store_prefix(g->store), req,
+                       &resp, &err) != 0) {
+        status = fail(call, &err);
+    } else if (rpc_call_send(call, &resp.base) != 0) {
+        status = fail_msg(call, RPC_RESOURCE_EXHAUSTED,
+                          "the answer is over the message size limit "
+                          "(ask for fewer with --limit)");
+    }
+    cp_access_response_free(&resp);
+    observe(g, "Access", status, started);
+    return status;
+}
+
 static const rpc_handler governance_handlers[] = {
     {"Apply", RPC_KIND_UNARY, apply_on_start, NULL, NULL, NULL},
     {"Get", RPC_KIND_UNARY, get_on_start, NULL, NULL, NULL},
@@ -659,6 +683,7 @@ static const rpc_handler governance_handlers[] = {
     {"History", RPC_KIND_UNARY, history_on_start, NULL, NULL, NULL},
     {"Check", RPC_KIND_UNARY, check_on_start, NULL, NULL, NULL},
     {"Sidecars", RPC_KIND_UNARY, sidecars_on_start, NULL, NULL, NULL},
+    {"Access", RPC_KIND_UNARY, access_on_start, NULL, NULL, NULL},
 };
 
 int cp_governance_register(cp_governance *g, rpc_server *srv, polis_error *err)

@@ -5,7 +5,11 @@
  * keepalive period, so it can send its own keepalives and notice a silent
  * control plane (three periods without a message: the stream is dead)
  * without a second thread.  sc_subscriber_free cancels the stream under
- * the lock that publishes it, which wakes the receive at once.
+ * the lock that publishes it, which wakes the receive at once; with an
+ * access log it first lets the thread send what is left (the receive then
+ * waits at most RECV_SLICE_MS, so the thread notices the stop quickly).
+ * The thread is the access log's one drain thread: it sends batches on a
+ * timer, a few in flight at a time, and spools them while disconnected.
  */
 #include "sidecar/subscriber.h"
 #include "common/rpc.h"
@@ -25,6 +29,9 @@
 #define MAX_ENDPOINTS   16
 #define ENDPOINT_MAX    256
 #define SNAPSHOT_MAX_MB 64 /* the control plane's own send limit */
+#define ACCESS_WINDOW   4  /* access batches sent and not yet acked */
+#define STOP_FLUSH_MS   1500
+#define RECV_SLICE_MS   250
 
 struct sc_subscriber {
     char endpoints[MAX_ENDPOINTS][ENDPOINT_MAX];
@@ -45,6 +52,11 @@ struct sc_subscriber {
     atomic_int connected;
 
     metric_series *m_revision, *m_connected, *m_applied, *m_rejected;
+
+    sc_access_log *alog;
+    int access_interval_ms;
+    bool thread_done; /* under lock */
+    metric_series *m_access_sent, *m_spool_errors;
 };
 
 static int64_t mono_ms(void)
@@ -130,6 +142,9 @@ int sc_subscriber_new(const sc_subscriber_options *o, sc_snapshot_slot *slot,
         s->backoff_max_ms = s->backoff_min_ms;
     s->report = o->report;
     s->report_ud = o->report_ud;
+    s->alog = o->access_log;
+    s->access_interval_ms =
+        o->access_interval_ms > 0 ? o->access_interval_ms : 2000;
     s->slot = slot;
     s->seed = (unsigned)(wall_ms() ^ ((int64_t)getpid() << 16));
     pthread_mutex_init(&s->lock, NULL);
@@ -150,6 +165,14 @@ int sc_subscriber_new(const sc_subscriber_options *o, sc_snapshot_slot *slot,
                             "Snapshots rejected (NACKed)", NULL);
         metric_set(s->m_revision, 0);
         metric_set(s->m_connected, 0);
+        if (s->alog) {
+            s->m_access_sent = metrics_counter(
+                m, "polis_sidecar_access_reported_total",
+                "Access records acknowledged by the control plane", NULL);
+            s->m_spool_errors = metrics_counter(
+                m, "polis_sidecar_access_spool_errors_total",
+                "Failed writes of access records to the spool directory", NULL);
+        }
     }
     *out = s;
     return 0;
@@ -261,6 +284,103 @@ static int apply_snapshot(sc_subscriber *s, rpc_stream *st,
     return send_msg(st, &m);
 }
 
+/* Access batches of one stream. */
+typedef struct access_flow {
+    size_t inflight; /* sent, not yet acked */
+    bool backlog;    /* the window filled: more may be waiting */
+} access_flow;
+
+static int send_access_batch(rpc_stream *st, const sc_access_batch *b)
+{
+    Polis__V1__SidecarMessage m = POLIS__V1__SIDECAR_MESSAGE__INIT;
+    Polis__V1__AccessReport rep = POLIS__V1__ACCESS_REPORT__INIT;
+    Polis__V1__AccessRecord *rows = calloc(b->count, sizeof(*rows));
+    Polis__V1__AccessRecord **ptrs = calloc(b->count, sizeof(*ptrs));
+    int rc;
+
+    if (rows == NULL || ptrs == NULL) {
+        free(rows);
+        free(ptrs);
+        return POLIS_ENOMEM;
+    }
+    for (size_t i = 0; i < b->count; i++) {
+        const sc_access *a = &b->records[i];
+        Polis__V1__AccessRecord *r = &rows[i];
+
+        polis__v1__access_record__init(r);
+        r->time_unix_ms = a->time_ms;
+        r->principal = (char *)a->principal;
+        r->product = (char *)a->product;
+        r->port = (char *)a->port;
+        r->purpose = (char *)a->purpose;
+        r->decision = (char *)a->decision;
+        r->rule = (char *)a->rule;
+        r->http_status = a->http_status;
+        r->rows = a->rows;
+        r->bytes = a->bytes;
+        r->latency_us = a->latency_us;
+        ptrs[i] = r;
+    }
+    rep.records = ptrs;
+    rep.n_records = b->count;
+    rep.batch = b->id;
+    m.msg_case = POLIS__V1__SIDECAR_MESSAGE__MSG_ACCESS;
+    m.access = &rep;
+    rc = send_msg(st, &m);
+    free(ptrs);
+    free(rows);
+    return rc;
+}
+
+/* Send batches until the window is full or nothing is waiting. */
+static int send_access(sc_subscriber *s, rpc_stream *st, access_flow *f)
+{
+    while (f->inflight < ACCESS_WINDOW) {
+        sc_access_batch b;
+        polis_error err = {0};
+
+        if (sc_access_log_take(s->alog, 0, &b, &err) != 0 || b.count == 0) {
+            f->backlog = false;
+            return 0;
+        }
+        if (send_access_batch(st, &b) != 0)
+            return -1;
+        f->inflight++;
+    }
+    f->backlog = true;
+    return 0;
+}
+
+/* An AccessAck: forget the batch, and keep a backlog moving without
+ * waiting for the next tick. */
+static int on_access_ack(sc_subscriber *s, rpc_stream *st, access_flow *f,
+                         uint64_t batch)
+{
+    sc_access_log_stats before, after;
+
+    sc_access_log_stats_get(s->alog, &before);
+    sc_access_log_ack(s->alog, batch);
+    sc_access_log_stats_get(s->alog, &after);
+    if (after.acked == before.acked)
+        return 0; /* not one of ours in flight */
+    metric_add(s->m_access_sent, after.acked - before.acked);
+    if (f->inflight > 0)
+        f->inflight--;
+    return f->backlog ? send_access(s, st, f) : 0;
+}
+
+/* Disconnected: what was in flight goes back, everything goes to disk. */
+static void spool_access(sc_subscriber *s)
+{
+    polis_error err = {0};
+
+    if (s->alog == NULL)
+        return;
+    sc_access_log_requeue(s->alog);
+    if (sc_access_log_spool(s->alog, &err) != 0)
+        metric_add(s->m_spool_errors, 1);
+}
+
 static bool stopping(sc_subscriber *s)
 {
     bool stop;
@@ -286,7 +406,8 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
     rpc_stream *st = NULL;
     polis_error err = {0};
     char why[RPC_STATUS_MSG_MAX + 300] = "";
-    int64_t last_heard, last_sent, now;
+    int64_t last_heard, last_sent, now, next_flush, stop_by = 0;
+    access_flow flow = {0, false};
     int rc;
 
     co.max_message_bytes = (size_t)SNAPSHOT_MAX_MB * 1024 * 1024;
@@ -311,10 +432,19 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
     set_connected(s, 1);
     report(s, SC_SUB_CONNECTED, endpoint, 0, NULL, NULL);
     last_heard = last_sent = mono_ms();
+    next_flush = last_sent + s->access_interval_ms;
     for (;;) {
         ProtobufCMessage *msg = NULL;
         int64_t wait = last_sent + s->keepalive_ms - mono_ms();
 
+        if (s->alog) {
+            int64_t to_flush = next_flush - mono_ms();
+
+            if (wait > to_flush)
+                wait = to_flush;
+            if (wait > RECV_SLICE_MS)
+                wait = RECV_SLICE_MS;
+        }
         if (wait < 10)
             wait = 10;
         rc = rpc_stream_recv(st, &msg, (int)wait);
@@ -328,6 +458,10 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
             if (cm->msg_case == POLIS__V1__CONTROL_MESSAGE__MSG_SNAPSHOT &&
                 cm->snapshot && apply_snapshot(s, st, endpoint, cm->snapshot))
                 snprintf(why, sizeof(why), "cannot send ACK/NACK");
+            if (cm->msg_case == POLIS__V1__CONTROL_MESSAGE__MSG_ACCESS_ACK &&
+                cm->access_ack && s->alog &&
+                on_access_ack(s, st, &flow, cm->access_ack->batch) != 0)
+                snprintf(why, sizeof(why), "cannot send access records");
             protobuf_c_message_free_unpacked(msg, NULL);
             if (why[0])
                 break;
@@ -345,8 +479,26 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
             break;
         }
         if (stopping(s)) {
-            snprintf(why, sizeof(why), "shutting down");
-            break;
+            /* Hand over what is in memory before going; the rest is
+             * spooled by the caller. */
+            if (s->alog && stop_by == 0) {
+                stop_by = now + STOP_FLUSH_MS;
+                if (send_access(s, st, &flow) != 0)
+                    stop_by = now;
+            }
+            if (s->alog == NULL || now >= stop_by ||
+                (flow.inflight == 0 && !flow.backlog)) {
+                snprintf(why, sizeof(why), "shutting down");
+                break;
+            }
+            continue;
+        }
+        if (s->alog && now >= next_flush) {
+            if (send_access(s, st, &flow) != 0) {
+                snprintf(why, sizeof(why), "cannot send access records");
+                break;
+            }
+            next_flush = now + s->access_interval_ms;
         }
         if (now - last_heard > 3 * (int64_t)s->keepalive_ms) {
             snprintf(why, sizeof(why),
@@ -408,6 +560,21 @@ static bool pause_ms(sc_subscriber *s, int ms)
     return stop;
 }
 
+/* The backoff, spooling access records every access interval. */
+static bool pause_spooling(sc_subscriber *s, int ms)
+{
+    while (ms > 0) {
+        int slice =
+            s->alog && ms > s->access_interval_ms ? s->access_interval_ms : ms;
+
+        if (pause_ms(s, slice))
+            return true;
+        spool_access(s);
+        ms -= slice;
+    }
+    return false;
+}
+
 static void *subscriber_thread(void *arg)
 {
     sc_subscriber *s = arg;
@@ -418,14 +585,20 @@ static void *subscriber_thread(void *arg)
         bool heard = false;
 
         session(s, s->endpoints[next], &heard);
+        spool_access(s);
         next = (next + 1) % s->nendpoints;
         if (heard)
             backoff = s->backoff_min_ms;
-        if (pause_ms(s, jittered(s, backoff)))
+        if (pause_spooling(s, jittered(s, backoff)))
             break;
         backoff =
             backoff * 2 > s->backoff_max_ms ? s->backoff_max_ms : backoff * 2;
     }
+    spool_access(s);
+    pthread_mutex_lock(&s->lock);
+    s->thread_done = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 
@@ -449,9 +622,24 @@ void sc_subscriber_free(sc_subscriber *s)
         return;
     pthread_mutex_lock(&s->lock);
     s->stopping = true;
+    pthread_cond_broadcast(&s->cond);
+    if (s->started && s->alog && atomic_load(&s->connected)) {
+        /* Let the thread send the last access records (bounded). */
+        struct timespec until;
+
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (STOP_FLUSH_MS + 1000) / 1000;
+        until.tv_nsec += (long)((STOP_FLUSH_MS + 1000) % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!s->thread_done &&
+               pthread_cond_timedwait(&s->cond, &s->lock, &until) == 0)
+            ;
+    }
     if (s->stream)
         rpc_stream_cancel(s->stream);
-    pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     if (s->started)
         pthread_join(s->thread, NULL);

@@ -5,13 +5,16 @@
  * hello, compiles each snapshot it is sent, writes the good ones to disk,
  * swaps them in and ACKs (or NACKs and keeps the previous one), exchanges
  * keepalives, and reconnects with jittered exponential backoff.  It also
- * restores the last good snapshot from disk at start.
+ * restores the last good snapshot from disk at start, and sends the access
+ * log's batches (AccessReport, acknowledged by AccessAck) every
+ * access_interval_ms, spooling them to disk while disconnected.
  */
 #ifndef POLIS_SC_SUBSCRIBER_H
 #define POLIS_SC_SUBSCRIBER_H
 
 #include "common/error.h"
 #include "common/metrics.h"
+#include "sidecar/access_log.h"
 #include "sidecar/snapshot.h"
 
 #include <stdint.h>
@@ -50,6 +53,10 @@ typedef struct sc_subscriber_options {
     int backoff_max_ms;             /* 0: 10000 */
     sc_subscriber_report_fn report; /* may be NULL */
     void *report_ud;
+    /* Borrowed, may be NULL; must outlive the subscriber, which is its one
+     * drain thread (take/ack/requeue/spool). */
+    sc_access_log *access_log;
+    int access_interval_ms; /* 0: 2000 */
 } sc_subscriber_options;
 
 /*
@@ -77,7 +84,12 @@ int sc_subscriber_start(sc_subscriber *s, polis_error *err);
 /* True while a stream to a control plane is up. */
 int sc_subscriber_connected(const sc_subscriber *s);
 
-/* Stop the thread (cancelling the stream) and free.  NULL is a no-op. */
+/*
+ * Stop the thread and free.  With an access log and a stream up, the
+ * records still in memory are sent first (waiting up to about 1.5 s for
+ * their acknowledgement); whatever is left is spooled to disk.  Then the
+ * stream is cancelled.  NULL is a no-op.
+ */
 void sc_subscriber_free(sc_subscriber *s);
 
 #endif
