@@ -32,6 +32,7 @@
 #define ACCESS_WINDOW   4  /* access batches sent and not yet acked */
 #define STOP_FLUSH_MS   1500
 #define RECV_SLICE_MS   250
+#define ACK_TIMEOUT_MS  30000 /* then the batches in flight are resent */
 
 struct sc_subscriber {
     char endpoints[MAX_ENDPOINTS][ENDPOINT_MAX];
@@ -286,8 +287,9 @@ static int apply_snapshot(sc_subscriber *s, rpc_stream *st,
 
 /* Access batches of one stream. */
 typedef struct access_flow {
-    size_t inflight; /* sent, not yet acked */
-    bool backlog;    /* the window filled: more may be waiting */
+    size_t inflight;     /* sent, not yet acked */
+    bool backlog;        /* the window filled: more may be waiting */
+    int64_t progress_ms; /* last send into an empty window, or last ack */
 } access_flow;
 
 static int send_access_batch(rpc_stream *st, const sc_access_batch *b)
@@ -345,7 +347,8 @@ static int send_access(sc_subscriber *s, rpc_stream *st, access_flow *f)
         }
         if (send_access_batch(st, &b) != 0)
             return -1;
-        f->inflight++;
+        if (f->inflight++ == 0)
+            f->progress_ms = mono_ms();
     }
     f->backlog = true;
     return 0;
@@ -366,6 +369,7 @@ static int on_access_ack(sc_subscriber *s, rpc_stream *st, access_flow *f,
     metric_add(s->m_access_sent, after.acked - before.acked);
     if (f->inflight > 0)
         f->inflight--;
+    f->progress_ms = mono_ms();
     return f->backlog ? send_access(s, st, f) : 0;
 }
 
@@ -407,7 +411,7 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
     polis_error err = {0};
     char why[RPC_STATUS_MSG_MAX + 300] = "";
     int64_t last_heard, last_sent, now, next_flush, stop_by = 0;
-    access_flow flow = {0, false};
+    access_flow flow = {0};
     int rc;
 
     co.max_message_bytes = (size_t)SNAPSHOT_MAX_MB * 1024 * 1024;
@@ -492,6 +496,14 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
                 break;
             }
             continue;
+        }
+        if (s->alog && flow.inflight > 0 &&
+            now - flow.progress_ms > ACK_TIMEOUT_MS) {
+            /* The control plane could not store them (etcd away, queue
+             * full) and said nothing: send them again; it dedups. */
+            sc_access_log_requeue(s->alog);
+            flow.inflight = 0;
+            flow.backlog = false;
         }
         if (s->alog && now >= next_flush) {
             if (send_access(s, st, &flow) != 0) {
