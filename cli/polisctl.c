@@ -88,6 +88,17 @@ static const cli_flag sidecars_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const cli_flag access_flags[] = {
+    {"product", 0, "DOMAIN/PRODUCT", "only requests for this product"},
+    {"principal", 0, "NAME", "only requests by this principal"},
+    {"limit", 0, "N",
+     "at most N records, newest first (default 50, at most 10000)"},
+    {NULL, 0, NULL, NULL},
+};
+
+/* cmd_access.c (cli.h does not list it yet). */
+int cmd_access(cli_ctx *ctx, const cli_args *args);
+
 static const cli_flag no_flags[] = {
     {NULL, 0, NULL, NULL},
 };
@@ -180,6 +191,19 @@ static const cli_verb verbs[] = {
      "  polisctl sidecars\n"
      "  polisctl sidecars --domain sales -o json\n",
      sidecars_flags, 0, 0, cmd_sidecars},
+    {"access",
+     "access [--product DOMAIN/PRODUCT] [--principal NAME] [--limit N]",
+     "show recent product requests the sidecars served or refused",
+     "Every request a sidecar's product ports answer is reported to the "
+     "control\nplane within a few seconds (kept on the sidecar's disk while "
+     "the control\nplane is away) and kept for an hour.  DECISION is allow, "
+     "deny or error;\nRULE is the rule that decided; LATENCY is the time the "
+     "sidecar took.\nNewest first.\n\n"
+     "Examples:\n"
+     "  polisctl access\n"
+     "  polisctl access --product sales/orders --limit 20\n"
+     "  polisctl access --principal alice -o json\n",
+     access_flags, 0, 0, cmd_access},
     {"version", "version", "print the polisctl version",
      "Examples:\n  polisctl version\n", no_flags, 0, 0, cmd_version},
     {"help", "help [VERB]", "show help for polisctl or one verb",
