@@ -1,37 +1,62 @@
 /*
- * http_api.c — POST /v1/check on evhttp (http_api.h).  The JSON body maps
- * field by field onto polis.v1.CheckRequest (strings borrowed from the
- * parsed body), the answer is the CheckResponse in camelCase JSON.  A
- * denial is a normal 200 answer; only a malformed request is a 400.
+ * http_api.c — the sidecar's HTTP port (http_api.h): POST /v1/check, and a
+ * data product's query and file ports under /v1/products/.  N evhttp
+ * loops, one thread each, accept on one listening socket (dup'ed per
+ * loop).  A query runs on its loop's thread and writes its result to the
+ * socket as it goes; a file streams chunk by chunk from the loop's write
+ * callbacks, one reader step each time the previous chunk has gone out.
+ * Behaviour and error bodies: docs/sidecar.md "Product ports".
  */
 #include "sidecar/http_api.h"
 #include "common/admin_http.h"
 #include "policy/api/check.h"
+#include "sidecar/file_port.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
+#include <math.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 /* evhttp itself refuses bodies past this (413, connection closed); between
- * SC_HTTP_MAX_BODY and this the answer is our own JSON 400. */
-#define TRANSPORT_MAX_BODY (1024 * 1024)
+ * the per-endpoint maximum and this the answer is our own JSON 400. */
+#define TRANSPORT_MAX_BODY (2 * 1024 * 1024)
+/* A query result is handed to the connection in chunks of this size, and
+ * the thread writes to the socket itself while more than HIGH_WATER bytes
+ * wait, so a result never sits in memory whole. */
+#define QUERY_CHUNK    (64 * 1024)
+#define HIGH_WATER     (256 * 1024)
+#define IDLE_TIMEOUT_S 30
 
-struct sc_http {
+typedef struct worker {
+    struct sc_http *h;
     struct event_base *base;
     struct evhttp *http;
     pthread_t thread;
+    int started;
+} worker;
+
+struct sc_http {
+    sc_http_options o;
     int port;
-    sc_checker *checker;
+    int nworkers;
+    worker *w;
 };
+
+/* ======================= replies ======================================== */
 
 static void reply_json(struct evhttp_request *req, int code, const char *why,
                        json_t *body)
@@ -61,6 +86,34 @@ static void reply_error(struct evhttp_request *req, int code, const char *why,
     reply_json(req, code, why,
                json_pack("{s:s, s:s}", "error", error, "detail", detail));
 }
+
+static const char *status_text(int code)
+{
+    switch (code) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Internal Server Error";
+    }
+}
+
+/* ======================= POST /v1/check ================================= */
 
 static json_t *string_array(char **v, size_t n)
 {
@@ -219,7 +272,7 @@ static void handle_check(sc_http *h, struct evhttp_request *req)
     }
     rc = request_from_json(body, &pb, cols, bearer_token(req), &err);
     if (rc == 0)
-        rc = sc_checker_check(h->checker, &pb, &resp, &err);
+        rc = sc_checker_check(h->o.checker, &pb, &resp, &err);
     if (rc == 0)
         reply_json(req, 200, "OK", response_json(&resp));
     else if (rc == POLIS_ENOMEM)
@@ -233,14 +286,1011 @@ static void handle_check(sc_http *h, struct evhttp_request *req)
     json_decref(body);
 }
 
+/* ======================= product requests: common ======================= */
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * One product request, from the path to the access record.  Heap-allocated
+ * because a file stream outlives the callback that started it; it holds
+ * a snapshot reference, so the engine, the principal's document and the
+ * decision's borrowed rules stay valid for the whole stream.
+ */
+typedef struct preq {
+    sc_http *h;
+    struct evhttp_request *req;
+    int64_t start_us;
+    pol_port port;
+    char product[2 * POL_MAX_NAME + 2]; /* "domain/name" */
+    const char *name;                   /* the product part of it */
+    char purpose[POL_MAX_NAME + 1];
+    bool has_purpose;
+    sc_snapshot *snap;
+    const char *principal;  /* borrowed from snap; NULL: unauthenticated */
+    json_t *doc;            /* the DataProduct (a copy) */
+    const json_t *port_doc; /* borrowed from doc */
+    pol_decision *decision;
+    check_subject subject;
+    pol_expr_request expr_req;
+    char rule[3 * POL_MAX_NAME + 4]; /* the deciding rule, "" for none */
+    bool recorded;
+    /* file streams */
+    int fd;
+    fp_reader *reader;
+    fp_column *schema;
+    size_t nschema;
+    struct evbuffer *out;
+    struct evhttp_connection *evcon;
+} preq;
+
+static void preq_free(preq *p)
+{
+    if (p == NULL)
+        return;
+    fp_reader_free(p->reader);
+    if (p->fd >= 0)
+        close(p->fd);
+    free(p->schema);
+    if (p->out)
+        evbuffer_free(p->out);
+    pol_decision_free(p->decision);
+    json_decref(p->doc);
+    sc_snapshot_unref(p->snap);
+    free(p);
+}
+
+/* The access record of this request; once, whatever the outcome. */
+static void record(preq *p, const char *decision, int status, uint64_t rows,
+                   uint64_t bytes)
+{
+    sc_access a = {0};
+
+    if (p->recorded)
+        return;
+    p->recorded = true;
+    a.principal = p->principal;
+    a.product = p->product;
+    a.port = pol_port_name(p->port);
+    a.purpose = p->has_purpose ? p->purpose : NULL;
+    a.decision = decision;
+    a.rule = p->rule[0] ? p->rule : NULL;
+    a.http_status = status;
+    a.rows = (int64_t)rows;
+    a.bytes = (int64_t)bytes;
+    a.latency_us = mono_us() - p->start_us;
+    sc_access_log_record(p->h->o.access, &a);
+}
+
+/* An error answer before any output, recorded.  `decision`: "deny" for
+ * 401/403, else "error" (a 404 or 400 decided nothing). */
+static void fail(preq *p, int status, const char *error, const char *detail)
+{
+    reply_error(p->req, status, status_text(status), error, detail);
+    record(p, status == 401 || status == 403 ? "deny" : "error", status, 0, 0);
+}
+
+static void fail_err(preq *p, int status, const char *error,
+                     const polis_error *err)
+{
+    char detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
+
+    fail(p, status, error, polis_error_format(err, detail, sizeof(detail)));
+}
+
+/*
+ * Authenticate, find the product and its port, decide.  0 when the request
+ * may go on (p->decision allows); otherwise the answer has been sent and
+ * recorded and the caller only frees p.
+ */
+static int admit(preq *p)
+{
+    const char *token = bearer_token(p->req);
+    const char *purpose = evhttp_find_header(
+        evhttp_request_get_input_headers(p->req), "Polis-Purpose");
+    const json_t *principal_doc = NULL;
+    polis_error err = {0};
+    pol_request request = {0};
+    char text[1024];
+    int rc;
+
+    if (purpose) {
+        if (strlen(purpose) > POL_MAX_NAME) {
+            fail(p, 400, "bad request", "Polis-Purpose: longer than 253 bytes");
+            return -1;
+        }
+        snprintf(p->purpose, sizeof(p->purpose), "%s", purpose);
+        p->has_purpose = true;
+    }
+    if (token == NULL) {
+        evhttp_add_header(evhttp_request_get_output_headers(p->req),
+                          "WWW-Authenticate", "Bearer");
+        fail(p, 401, "unauthenticated", "send Authorization: Bearer <token>");
+        return -1;
+    }
+    p->snap = sc_snapshot_slot_get(p->h->o.slot);
+    if (p->snap == NULL) {
+        fail(p, 503, "no snapshot",
+             "no snapshot in force yet: denying every request");
+        return -1;
+    }
+    p->principal = sc_principals_by_token(sc_snapshot_principals(p->snap),
+                                          token, strlen(token), &principal_doc);
+    if (p->principal == NULL) {
+        evhttp_add_header(evhttp_request_get_output_headers(p->req),
+                          "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        fail(p, 401, "unauthenticated",
+             "the bearer token matches no principal");
+        return -1;
+    }
+    if ((size_t)(p->name - 1 - p->product) != strlen(p->h->o.domain) ||
+        strncmp(p->product, p->h->o.domain, strlen(p->h->o.domain)) != 0) {
+        snprintf(text, sizeof(text),
+                 "no data product %s here: this sidecar serves domain %s",
+                 p->product, p->h->o.domain);
+        fail(p, 404, "not found", text);
+        return -1;
+    }
+    rc = sc_ports_product(p->h->o.ports, p->snap, p->name, &p->doc, &err);
+    if (rc == POLIS_ENOTFOUND) {
+        fail_err(p, 404, "not found", &err);
+        return -1;
+    }
+    if (rc != 0) {
+        fail_err(p, 503, "unavailable", &err);
+        return -1;
+    }
+    p->port_doc = sc_ports_find(p->doc, pol_port_name(p->port));
+    if (p->port_doc == NULL) {
+        snprintf(text, sizeof(text), "data product %s has no %s port",
+                 p->product, pol_port_name(p->port));
+        fail(p, 404, "not found", text);
+        return -1;
+    }
+    p->decision = pol_decision_new();
+    if (p->decision == NULL) {
+        fail(p, 500, "out of memory", "cannot hold a decision");
+        return -1;
+    }
+    rc = check_subject_from_principal(p->principal, principal_doc, &p->subject,
+                                      &err);
+    if (rc != 0) {
+        fail_err(p, 500, "bad principal", &err);
+        return -1;
+    }
+    request.subject = p->subject.subject;
+    request.product = p->product;
+    request.port = p->port;
+    request.purpose = p->has_purpose ? p->purpose : NULL;
+    rc = pol_decide(sc_snapshot_engine(p->snap), &request, p->decision, &err);
+    if (rc != 0) {
+        fail_err(p, 500, "cannot decide", &err);
+        return -1;
+    }
+    check_rule_id(pol_decision_deciding_rule(p->decision), p->rule,
+                  sizeof(p->rule));
+    if (!pol_decision_allowed(p->decision)) {
+        pol_decision_explain(p->decision, text, sizeof(text));
+        reply_json(
+            p->req, 403, "Forbidden",
+            json_pack("{s:s, s:s, s:s, s:s?}", "error", "denied", "detail",
+                      text, "reason",
+                      pol_decision_reason(p->decision) == POL_REASON_DENIED
+                          ? "denied"
+                          : "default-deny",
+                      "rule", p->rule[0] ? p->rule : NULL));
+        record(p, "deny", 403, 0, 0);
+        return -1;
+    }
+    p->expr_req.purpose = request.purpose;
+    p->expr_req.product = p->product;
+    p->expr_req.port = pol_port_name(p->port);
+    return 0;
+}
+
+/* ======================= output encodings =============================== */
+
+/* Bytes of a valid UTF-8 sequence at s (n bytes left), 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        lo = c == 0xe0 ? 0xa0 : 0x80;
+        hi = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        lo = c == 0xf0 ? 0x90 : 0x80;
+        hi = c == 0xf4 ? 0x8f : 0xbf;
+    } else
+        return 0;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+/* A JSON string; bytes that are not UTF-8 become U+FFFD. */
+static void json_string_out(struct evbuffer *b, const char *text, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0, run = 0;
+
+    evbuffer_add(b, "\"", 1);
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t len = utf8_len(s + i, n - i);
+
+        if (len == 1 && c >= 0x20 && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        if (len > 1) {
+            i += len;
+            continue;
+        }
+        evbuffer_add(b, s + run, i - run);
+        if (len == 0)
+            evbuffer_add(b, "\\ufffd", 6);
+        else if (c == '"' || c == '\\')
+            evbuffer_add_printf(b, "\\%c", c);
+        else if (c == '\n')
+            evbuffer_add(b, "\\n", 2);
+        else if (c == '\t')
+            evbuffer_add(b, "\\t", 2);
+        else if (c == '\r')
+            evbuffer_add(b, "\\r", 2);
+        else
+            evbuffer_add_printf(b, "\\u%04x", c);
+        run = ++i;
+    }
+    evbuffer_add(b, s + run, n - run);
+    evbuffer_add(b, "\"", 1);
+}
+
+static void base64_out(struct evbuffer *b, const unsigned char *s, size_t n)
+{
+    static const char tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char q[4];
+
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)s[i + 1] << 8;
+        if (i + 2 < n)
+            v |= s[i + 2];
+        q[0] = tab[(v >> 18) & 63];
+        q[1] = tab[(v >> 12) & 63];
+        q[2] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+        q[3] = i + 2 < n ? tab[v & 63] : '=';
+        evbuffer_add(b, q, 4);
+    }
+}
+
+/* The shortest %g spelling that reads back as the same double. */
+static void real_out(struct evbuffer *b, double d, bool json)
+{
+    char s[40];
+
+    if (!isfinite(d)) {
+        if (json)
+            evbuffer_add(b, "null", 4);
+        return;
+    }
+    snprintf(s, sizeof(s), "%.15g", d);
+    if (strtod(s, NULL) != d)
+        snprintf(s, sizeof(s), "%.17g", d);
+    evbuffer_add(b, s, strlen(s));
+}
+
+static void json_value_out(struct evbuffer *b, const sq_value *v)
+{
+    switch (v->type) {
+    case SQ_INTEGER:
+        evbuffer_add_printf(b, "%lld", (long long)v->i);
+        break;
+    case SQ_REAL:
+        real_out(b, v->d, true);
+        break;
+    case SQ_TEXT:
+        json_string_out(b, v->p, v->len);
+        break;
+    case SQ_BLOB:
+        evbuffer_add(b, "\"", 1);
+        base64_out(b, v->p, v->len);
+        evbuffer_add(b, "\"", 1);
+        break;
+    default:
+        evbuffer_add(b, "null", 4);
+    }
+}
+
+/* RFC 4180 field; NULL is an empty unquoted field, "" a quoted empty one
+ * (the file port's convention, docs/internals/file_port.md). */
+static void csv_text_out(struct evbuffer *b, const char *s, size_t n)
+{
+    size_t run = 0;
+
+    if (n > 0 && strcspn(s, ",\"\r\n") >= n) {
+        evbuffer_add(b, s, n);
+        return;
+    }
+    evbuffer_add(b, "\"", 1);
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '"') {
+            evbuffer_add(b, s + run, i + 1 - run);
+            evbuffer_add(b, "\"", 1);
+            run = i + 1;
+        }
+    evbuffer_add(b, s + run, n - run);
+    evbuffer_add(b, "\"", 1);
+}
+
+static void csv_value_out(struct evbuffer *b, const sq_value *v)
+{
+    switch (v->type) {
+    case SQ_INTEGER:
+        evbuffer_add_printf(b, "%lld", (long long)v->i);
+        break;
+    case SQ_REAL:
+        real_out(b, v->d, false);
+        break;
+    case SQ_TEXT:
+        csv_text_out(b, v->p, v->len);
+        break;
+    case SQ_BLOB:
+        base64_out(b, v->p, v->len);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ======================= the query port ================================= */
+
+typedef struct qsink {
+    preq *p;
+    bool csv;
+    bool started; /* the 200 and its headers are on their way */
+    bool first_row;
+    struct evbuffer *buf; /* output not yet handed to the connection */
+    uint64_t bytes;       /* body bytes handed to the connection */
+    int timeout_ms;
+} qsink;
+
+/* Write the connection's output to the socket ourselves until at most
+ * `below` bytes wait: the loop that would do it is this thread, busy in
+ * the query.  POLIS_ECANCELED when the consumer is gone or stalled. */
+static int drain(qsink *s, size_t below)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(s->p->req);
+    struct bufferevent *bev =
+        evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
+    int fd = bev ? (int)bufferevent_getfd(bev) : -1;
+
+    if (out == NULL || fd < 0)
+        return POLIS_ECANCELED;
+    while (evbuffer_get_length(out) > below) {
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        int n = poll(&pfd, 1, s->timeout_ms);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
+            return POLIS_ECANCELED;
+        if (evbuffer_write(out, fd) < 0 && errno != EAGAIN && errno != EINTR)
+            return POLIS_ECANCELED;
+    }
+    return 0;
+}
+
+static void start_reply(qsink *s)
+{
+    struct evkeyvalq *hdr = evhttp_request_get_output_headers(s->p->req);
+
+    evhttp_add_header(hdr, "Content-Type",
+                      s->csv ? "text/csv; charset=utf-8" : "application/json");
+    evhttp_send_reply_start(s->p->req, 200, "OK");
+    s->started = true;
+}
+
+/* Hand what is buffered to the connection, then drain to a low level if
+ * too much waits. */
+static int flush_chunk(qsink *s)
+{
+    size_t n = evbuffer_get_length(s->buf);
+
+    if (!s->started)
+        start_reply(s);
+    if (n == 0)
+        return 0;
+    s->bytes += n;
+    evhttp_send_reply_chunk(s->p->req, s->buf);
+    evbuffer_drain(s->buf, evbuffer_get_length(s->buf));
+    {
+        struct evhttp_connection *evcon =
+            evhttp_request_get_connection(s->p->req);
+        struct bufferevent *bev =
+            evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+        if (bev == NULL)
+            return POLIS_ECANCELED;
+        if (evbuffer_get_length(bufferevent_get_output(bev)) > HIGH_WATER)
+            return drain(s, QUERY_CHUNK);
+    }
+    return 0;
+}
+
+static int q_columns(void *ctx, size_t n, const char *const *names)
+{
+    qsink *s = ctx;
+
+    if (!s->csv)
+        evbuffer_add(s->buf, "{\"columns\":[", 12);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            evbuffer_add(s->buf, ",", 1);
+        if (s->csv)
+            csv_text_out(s->buf, names[i], strlen(names[i]));
+        else
+            json_string_out(s->buf, names[i], strlen(names[i]));
+    }
+    if (s->csv)
+        evbuffer_add(s->buf, "\r\n", 2);
+    else
+        evbuffer_add(s->buf, "],\"rows\":[", 10);
+    s->first_row = true;
+    return 0;
+}
+
+static int q_row(void *ctx, size_t n, const sq_value *v)
+{
+    qsink *s = ctx;
+
+    if (!s->csv)
+        evbuffer_add(s->buf, s->first_row ? "[" : ",[", s->first_row ? 1 : 2);
+    s->first_row = false;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            evbuffer_add(s->buf, ",", 1);
+        if (s->csv)
+            csv_value_out(s->buf, &v[i]);
+        else
+            json_value_out(s->buf, &v[i]);
+    }
+    evbuffer_add(s->buf, s->csv ? "\r\n" : "]", s->csv ? 2 : 1);
+    if (evbuffer_get_length(s->buf) >= QUERY_CHUNK)
+        return flush_chunk(s);
+    return 0;
+}
+
+/* Cut the connection so that the consumer sees a failed transfer: the
+ * chunked body never gets its last chunk.  Everything already handed to
+ * the connection is written first. */
+static void abort_stream(preq *p, qsink *s)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
+    struct bufferevent *bev =
+        evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+
+    if (s)
+        drain(s, 0);
+    if (bev)
+        shutdown((int)bufferevent_getfd(bev), SHUT_RDWR);
+    evhttp_send_reply_end(p->req);
+}
+
+static int query_status(int rc, const char **error)
+{
+    switch (rc) {
+    case POLIS_EDENIED:
+        *error = "not allowed";
+        return 400;
+    case POLIS_EINVAL:
+        *error = "bad query";
+        return 400;
+    case POLIS_ETOOBIG:
+        *error = "too large";
+        return 400;
+    case POLIS_ETIMEDOUT:
+        *error = "timeout";
+        return 504;
+    case POLIS_ENOMEM:
+        *error = "out of memory";
+        return 500;
+    default:
+        *error = "query failed";
+        return 500;
+    }
+}
+
+/* The body: {"sql": "...", "params": [...]}.  *body owns the strings. */
+static int parse_query_body(struct evhttp_request *req, json_t **body,
+                            const char **sql, const json_t **params,
+                            polis_error *err)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *key;
+    json_t *v;
+    json_error_t jerr;
+
+    if (len > SC_HTTP_MAX_QUERY_BODY)
+        return polis_error_set(err, POLIS_ETOOBIG, NULL,
+                               "the request body has %zu bytes, at most %d",
+                               len, SC_HTTP_MAX_QUERY_BODY);
+    *body = json_loadb((const char *)evbuffer_pullup(in, -1), len,
+                       JSON_REJECT_DUPLICATES, &jerr);
+    if (*body == NULL)
+        return polis_error_set(err, POLIS_EPARSE, NULL,
+                               "line %d, column %d: %s", jerr.line, jerr.column,
+                               jerr.text);
+    if (!json_is_object(*body))
+        return polis_error_set(err, POLIS_EINVAL, NULL,
+                               "the body must be a JSON object "
+                               "{\"sql\": ..., \"params\": [...]}");
+    json_object_foreach(*body, key, v)
+    {
+        if (strcmp(key, "sql") != 0 && strcmp(key, "params") != 0)
+            return polis_error_set(err, POLIS_EINVAL, key,
+                                   "unknown field (sql, params)");
+    }
+    *sql = json_string_value(json_object_get(*body, "sql"));
+    if (*sql == NULL)
+        return polis_error_set(err, POLIS_EINVAL, "sql", "required, a string");
+    *params = json_object_get(*body, "params");
+    if (*params && json_is_null(*params))
+        *params = NULL;
+    if (*params && !json_is_array(*params))
+        return polis_error_set(err, POLIS_EINVAL, "params",
+                               "expected a list of values");
+    return 0;
+}
+
+static void handle_query(preq *p)
+{
+    const char *engine =
+        json_string_value(json_object_get(p->port_doc, "engine"));
+    const char *database =
+        json_string_value(json_object_get(p->port_doc, "database"));
+    const char *accept =
+        evhttp_find_header(evhttp_request_get_input_headers(p->req), "Accept");
+    sq_product product = {
+        json_string_value(json_object_get(p->port_doc, "table"))};
+    sq_sink sink = {q_columns, q_row, NULL};
+    qsink s = {.p = p};
+    sq_stats stats = {0};
+    sq_conn *conn = NULL;
+    polis_error err = {0};
+    json_t *body = NULL;
+    const json_t *params = NULL;
+    const char *sql = NULL, *error;
+    char path[4096], detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
+    int rc, status;
+
+    if (engine == NULL || strcmp(engine, "sqlite") != 0) {
+        snprintf(detail, sizeof(detail),
+                 "the %s engine is not served by this sidecar (sqlite only)",
+                 engine ? engine : "(none)");
+        fail(p, 501, "not implemented", detail);
+        return;
+    }
+    if (parse_query_body(p->req, &body, &sql, &params, &err) != 0) {
+        fail_err(p, 400, err.code == POLIS_EPARSE ? "bad JSON" : "bad request",
+                 &err);
+        json_decref(body);
+        return;
+    }
+    if (database == NULL || product.table == NULL ||
+        sc_ports_resolve(p->h->o.ports, database, path, sizeof(path), &err) ||
+        sq_open(path, &conn, &err) != 0) {
+        if (err.code == 0)
+            polis_error_set(&err, POLIS_EINVAL, NULL,
+                            "the query port lacks database or table");
+        fail_err(p, 503, "unavailable", &err);
+        json_decref(body);
+        return;
+    }
+    s.csv = accept && strstr(accept, "text/csv") != NULL;
+    s.buf = evbuffer_new();
+    s.timeout_ms = p->h->o.write_timeout_ms;
+    sink.ctx = &s;
+    rc = s.buf ? sq_query(conn, &product, p->decision,
+                          pol_engine_mask_key(sc_snapshot_engine(p->snap)),
+                          &p->subject.subject, &p->expr_req, sql, params,
+                          &p->h->o.query, &sink, &stats, &err)
+               : polis_error_set(&err, POLIS_ENOMEM, NULL, NULL);
+    sq_close(conn);
+    json_decref(body);
+    if (rc == 0) {
+        if (!s.csv)
+            evbuffer_add_printf(s.buf, "],\"truncated\":%s}\n",
+                                stats.truncated ? "true" : "false");
+        if (!s.started) {
+            /* Small enough to go in one piece, with a Content-Length. */
+            evhttp_add_header(
+                evhttp_request_get_output_headers(p->req), "Content-Type",
+                s.csv ? "text/csv; charset=utf-8" : "application/json");
+            s.bytes += evbuffer_get_length(s.buf);
+            evhttp_send_reply(p->req, 200, "OK", s.buf);
+        } else if (flush_chunk(&s) == 0) {
+            evhttp_send_reply_end(p->req);
+        } else {
+            abort_stream(p, NULL);
+        }
+        record(p, "allow", 200, stats.rows, s.bytes);
+    } else if (rc == POLIS_ECANCELED && s.started) {
+        /* The consumer went away or stopped reading. */
+        abort_stream(p, NULL);
+        record(p, "allow", 200, stats.rows, s.bytes);
+    } else if (!s.started) {
+        status = query_status(rc, &error);
+        polis_error_format(&err, detail, sizeof(detail));
+        reply_error(p->req, status, status_text(status), error, detail);
+        record(p, "error", status, 0, 0);
+    } else {
+        /* Rows went out already: end the body with the error. */
+        status = query_status(rc, &error);
+        polis_error_format(&err, detail, sizeof(detail));
+        if (s.csv) {
+            if (flush_chunk(&s) == 0)
+                abort_stream(p, &s);
+            else
+                abort_stream(p, NULL);
+        } else {
+            evbuffer_add(s.buf,
+                         "],\"truncated\":false,\"error\":{\"error\":", 37);
+            json_string_out(s.buf, error, strlen(error));
+            evbuffer_add(s.buf, ",\"detail\":", 10);
+            json_string_out(s.buf, detail, strlen(detail));
+            evbuffer_add(s.buf, "}}\n", 3);
+            if (flush_chunk(&s) == 0)
+                evhttp_send_reply_end(p->req);
+            else
+                abort_stream(p, NULL);
+        }
+        record(p, "error", 200, stats.rows, s.bytes);
+    }
+    evbuffer_free(s.buf);
+}
+
+/* ======================= the file port ================================== */
+
+static const char *http_date(int64_t sec, char *buf, size_t len)
+{
+    time_t t = (time_t)sec;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+static int file_dir(preq *p, char *path, size_t len, fp_format *format)
+{
+    const char *dir =
+        json_string_value(json_object_get(p->port_doc, "directory"));
+    const char *fmt = json_string_value(json_object_get(p->port_doc, "format"));
+    polis_error err = {0};
+
+    if (fp_format_from_name(fmt ? fmt : "csv", format) != 0) {
+        fail(p, 503, "unavailable", "the file port has an unknown format");
+        return -1;
+    }
+    if (dir == NULL || sc_ports_resolve(p->h->o.ports, dir, path, len, &err)) {
+        fail(p, 503, "unavailable", "the file port has no usable directory");
+        return -1;
+    }
+    return 0;
+}
+
+static void handle_list(preq *p)
+{
+    fp_listing l = {0};
+    polis_error err = {0};
+    fp_format format;
+    char dir[4096], when[40];
+    json_t *files, *body;
+    int rc;
+
+    if (file_dir(p, dir, sizeof(dir), &format) != 0)
+        return;
+    rc = fp_list(dir, &l, &err);
+    if (rc != 0) {
+        fail_err(p, rc == POLIS_ENOTFOUND ? 503 : 500, "unavailable", &err);
+        return;
+    }
+    files = json_array();
+    for (size_t i = 0; files && i < l.count; i++)
+        json_array_append_new(
+            files,
+            json_pack("{s:s, s:I, s:s}", "name", l.files[i].name, "size",
+                      (json_int_t)l.files[i].size, "modified",
+                      http_date(l.files[i].mtime_sec, when, sizeof(when))));
+    body = json_pack("{s:s, s:s, s:o*}", "product", p->product, "format",
+                     format == FP_FORMAT_CSV ? "csv" : "jsonl", "files", files);
+    reply_json(p->req, 200, "OK", body);
+    record(p, "allow", 200, l.count, 0);
+    fp_listing_free(&l);
+}
+
+static int file_sink(void *ctx, const void *data, size_t len)
+{
+    preq *p = ctx;
+
+    return evbuffer_add(p->out, data, len) == 0 ? 0 : POLIS_ENOMEM;
+}
+
+static void set_timeouts(struct evhttp_connection *evcon, int read_s,
+                         int write_s)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    struct timeval r = {read_s, 0}, w = {write_s, 0};
+
+    if (bev)
+        bufferevent_set_timeouts(bev, read_s ? &r : NULL, &w);
+}
+
+/* Step the reader until it produced output, ended or failed. */
+static int file_fill(preq *p, bool *done, polis_error *err)
+{
+    int rc = 0;
+
+    *done = false;
+    while (rc == 0 && !*done && evbuffer_get_length(p->out) == 0)
+        rc = fp_reader_step(p->reader, done, err);
+    return rc;
+}
+
+static void file_finish(preq *p, bool ok)
+{
+    fp_stats st = {0};
+
+    fp_reader_stats(p->reader, &st);
+    if (p->evcon) {
+        evhttp_connection_set_closecb(p->evcon, NULL, NULL);
+        set_timeouts(p->evcon, IDLE_TIMEOUT_S, IDLE_TIMEOUT_S);
+    }
+    if (ok) {
+        evhttp_send_reply_end(p->req);
+        record(p, "allow", 200, st.rows_written, st.bytes_written);
+    } else {
+        abort_stream(p, NULL);
+        record(p, "error", 200, st.rows_written, st.bytes_written);
+    }
+    preq_free(p);
+}
+
+/* The consumer went away mid-stream: evhttp has detached the request (or
+ * frees it with the connection); we drop ours. */
+static void file_closed(struct evhttp_connection *evcon, void *arg)
+{
+    preq *p = arg;
+    fp_stats st = {0};
+
+    (void)evcon;
+    fp_reader_stats(p->reader, &st);
+    record(p, "allow", 200, st.rows_written, st.bytes_written);
+    if (evhttp_request_get_connection(p->req) == NULL)
+        evhttp_send_reply_end(p->req); /* frees the detached request */
+    preq_free(p);
+}
+
+/* The previous chunk has been written: produce and send the next. */
+static void file_continue(struct evhttp_connection *evcon, void *arg)
+{
+    preq *p = arg;
+    polis_error err = {0};
+    bool done;
+    int rc = file_fill(p, &done, &err);
+
+    (void)evcon;
+    if (evbuffer_get_length(p->out) > 0) {
+        if (rc == 0 && !done) {
+            evhttp_send_reply_chunk_with_cb(p->req, p->out, file_continue, p);
+            return;
+        }
+        evhttp_send_reply_chunk(p->req, p->out);
+    }
+    file_finish(p, rc == 0);
+}
+
+/* Returns true when the stream took `p` over (it frees it when it ends),
+ * false when the answer is complete and the caller frees p. */
+static bool handle_file(preq *p, const char *raw_name)
+{
+    struct evkeyvalq *hdr = evhttp_request_get_output_headers(p->req);
+    fp_options o = {0};
+    polis_error err = {0};
+    size_t len = 0;
+    char dir[4096];
+    char *name = evhttp_uridecode(raw_name, 0, &len);
+    bool done;
+    int rc;
+
+    if (name == NULL) {
+        fail(p, 500, "out of memory", "cannot decode the file name");
+        return false;
+    }
+    if (file_dir(p, dir, sizeof(dir), &o.format) != 0) {
+        free(name);
+        return false;
+    }
+    rc = fp_open(dir, name, len, &p->fd, &err);
+    free(name);
+    if (rc != 0) {
+        if (rc == POLIS_EDENIED)
+            fail_err(p, 403, "forbidden", &err);
+        else if (rc == POLIS_ENOTFOUND)
+            fail_err(p, 404, "not found", &err);
+        else
+            fail_err(p, 500, "cannot open", &err);
+        return false;
+    }
+    rc = fp_schema_from_product(p->doc, &p->schema, &p->nschema, &err);
+    if (rc != 0) {
+        fail_err(p, 500, "bad contract", &err);
+        return false;
+    }
+    o.schema = p->schema;
+    o.nschema = p->nschema;
+    o.decision = p->decision;
+    o.mask_key = pol_engine_mask_key(sc_snapshot_engine(p->snap));
+    o.subject = &p->subject.subject;
+    o.request = &p->expr_req;
+    o.unknown_columns = FP_UNKNOWN_REFUSE;
+    p->out = evbuffer_new();
+    if (p->out == NULL) {
+        fail(p, 500, "out of memory", "cannot hold the output");
+        return false;
+    }
+    rc = fp_reader_new(p->fd, &o, file_sink, p, &p->reader, &err);
+    if (rc == 0)
+        rc = file_fill(p, &done, &err);
+    if (rc != 0) {
+        /* Nothing sent yet: a proper error.  A file that does not match
+         * its contract is the producer's fault, not the consumer's. */
+        fail_err(p, 500, rc == POLIS_EDENIED ? "denied" : "bad file", &err);
+        return false;
+    }
+    evhttp_add_header(hdr, "Content-Type",
+                      o.format == FP_FORMAT_CSV ? "text/csv; charset=utf-8"
+                                                : "application/x-ndjson");
+    evhttp_send_reply_start(p->req, 200, "OK");
+    p->evcon = evhttp_request_get_connection(p->req);
+    if (p->evcon == NULL) {
+        evhttp_send_reply_end(p->req);
+        record(p, "allow", 200, 0, 0);
+        return false;
+    }
+    /* No read timeout while we write: the consumer says nothing during a
+     * download.  A consumer that reads nothing for the write timeout is
+     * dropped. */
+    set_timeouts(p->evcon, 0, (p->h->o.write_timeout_ms + 999) / 1000);
+    evhttp_connection_set_closecb(p->evcon, file_closed, p);
+    if (done) {
+        evhttp_send_reply_chunk(p->req, p->out);
+        file_finish(p, true);
+        return true;
+    }
+    evhttp_send_reply_chunk_with_cb(p->req, p->out, file_continue, p);
+    return true;
+}
+
+/* ======================= routing ======================================== */
+
+/* A name segment [A-Za-z0-9_.-]{1,253} at *s, up to '/' or the end. */
+static size_t segment(const char *s)
+{
+    size_t n = strcspn(s, "/");
+
+    if (n == 0 || n > POL_MAX_NAME)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return n;
+}
+
+static void handle_product(sc_http *h, struct evhttp_request *req,
+                           const char *path)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    const char *s = path + strlen("/v1/products/"), *rest, *file = NULL;
+    size_t dn = segment(s), pn;
+    preq *p = calloc(1, sizeof(*p));
+
+    if (p == NULL) {
+        reply_error(req, 500, "Internal Server Error", "out of memory",
+                    "cannot take the request");
+        return;
+    }
+    p->h = h;
+    p->req = req;
+    p->fd = -1;
+    p->start_us = mono_us();
+    pn = dn && s[dn] == '/' ? segment(s + dn + 1) : 0;
+    rest = pn ? s + dn + 1 + pn : "";
+    snprintf(p->product, sizeof(p->product), "%.*s", (int)(dn + 1 + pn), s);
+    p->name = p->product + dn + 1;
+    if (strcmp(rest, "/query") == 0)
+        p->port = POL_PORT_QUERY;
+    else if (strcmp(rest, "/files") == 0 || strcmp(rest, "/files/") == 0)
+        p->port = POL_PORT_FILE;
+    else if (strncmp(rest, "/files/", 7) == 0) {
+        p->port = POL_PORT_FILE;
+        file = rest + 7;
+    } else {
+        reply_error(req, 404, "Not Found", "not found",
+                    "product paths are /v1/products/{domain}/{product}/query "
+                    "and .../files/[name]");
+        preq_free(p);
+        return;
+    }
+    if (p->port == POL_PORT_QUERY && cmd != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                          "POST");
+        fail(
+            p, 405, "method not allowed",
+            "the query port takes POST with {\"sql\": ..., \"params\": [...]}");
+        preq_free(p);
+        return;
+    }
+    if (p->port == POL_PORT_FILE && cmd != EVHTTP_REQ_GET) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                          "GET");
+        fail(p, 405, "method not allowed", "the file port takes GET");
+        preq_free(p);
+        return;
+    }
+    if (admit(p) != 0) {
+        preq_free(p);
+        return;
+    }
+    /* Another domain's products are not in this domain's catalogue, so
+     * they were a 404 above. */
+    if (p->port == POL_PORT_QUERY) {
+        handle_query(p);
+        preq_free(p);
+    } else if (file == NULL) {
+        handle_list(p);
+        preq_free(p);
+    } else if (!handle_file(p, file)) {
+        preq_free(p);
+    }
+}
+
 static void handle_request(struct evhttp_request *req, void *arg)
 {
     sc_http *h = arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
 
+    if (path && strncmp(path, "/v1/products/", 13) == 0) {
+        handle_product(h, req, path);
+        return;
+    }
     if (path == NULL || strcmp(path, "/v1/check") != 0) {
         reply_error(req, 404, "Not Found", "not found",
-                    "this port serves POST /v1/check");
+                    "this port serves POST /v1/check and "
+                    "/v1/products/{domain}/{product}/...");
         return;
     }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
@@ -253,11 +1303,13 @@ static void handle_request(struct evhttp_request *req, void *arg)
     handle_check(h, req);
 }
 
+/* ======================= server ========================================= */
+
 static void *http_thread(void *arg)
 {
-    sc_http *h = arg;
+    worker *w = arg;
 
-    event_base_dispatch(h->base);
+    event_base_dispatch(w->base);
     return NULL;
 }
 
@@ -268,68 +1320,114 @@ static void evthread_setup(void)
     evthread_use_pthreads();
 }
 
-static int bound_port(struct evhttp_bound_socket *sock)
+static int bound_port(evutil_socket_t fd)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
 
-    if (getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss,
-                    &sl) != 0)
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
         return -1;
     return ntohs(ss.ss_family == AF_INET6
                      ? ((struct sockaddr_in6 *)&ss)->sin6_port
                      : ((struct sockaddr_in *)&ss)->sin_port);
 }
 
-int sc_http_start(const char *listen, sc_checker *c, sc_http **out,
-                  polis_error *err)
+static int worker_init(sc_http *h, worker *w)
+{
+    w->h = h;
+    w->base = event_base_new();
+    w->http = w->base ? evhttp_new(w->base) : NULL;
+    if (w->http == NULL)
+        return -1;
+    evhttp_set_max_body_size(w->http, TRANSPORT_MAX_BODY);
+    evhttp_set_timeout(w->http, IDLE_TIMEOUT_S);
+    evhttp_set_allowed_methods(
+        w->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+                     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+                     EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(w->http, handle_request, h);
+    return 0;
+}
+
+static void worker_free(worker *w)
+{
+    if (w->http)
+        evhttp_free(w->http);
+    if (w->base)
+        event_base_free(w->base);
+}
+
+int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err)
 {
     struct evhttp_bound_socket *sock;
+    evutil_socket_t fd;
     char host[256];
     sc_http *h;
-    int port, rc;
+    int port, rc, i;
 
-    if ((rc = admin_split_hostport(listen, host, sizeof(host), &port, err)))
+    if (opts == NULL || opts->listen == NULL || opts->domain == NULL ||
+        opts->checker == NULL || opts->slot == NULL || opts->ports == NULL)
+        return polis_error_set(err, POLIS_EINVAL, NULL,
+                               "listen, checker, slot and ports are "
+                               "required");
+    if ((rc = admin_split_hostport(opts->listen, host, sizeof(host), &port,
+                                   err)))
         return rc;
     pthread_once(&evthread_once, evthread_setup);
     h = calloc(1, sizeof(*h));
     if (h == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    h->checker = c;
-    h->base = event_base_new();
-    h->http = h->base ? evhttp_new(h->base) : NULL;
-    if (h->http == NULL) {
-        rc = polis_error_set(err, POLIS_ENOMEM, listen,
-                             "cannot create the HTTP server");
-        goto fail;
+    h->o = *opts;
+    if (h->o.write_timeout_ms <= 0)
+        h->o.write_timeout_ms = 30000;
+    h->nworkers = opts->workers > 0 ? opts->workers : 4;
+    if (h->nworkers > SC_HTTP_MAX_WORKERS)
+        h->nworkers = SC_HTTP_MAX_WORKERS;
+    h->w = calloc((size_t)h->nworkers, sizeof(*h->w));
+    if (h->w == NULL) {
+        free(h);
+        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     }
-    evhttp_set_max_body_size(h->http, TRANSPORT_MAX_BODY);
-    evhttp_set_timeout(h->http, 30);
-    evhttp_set_allowed_methods(
-        h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
-                     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
-                     EVHTTP_REQ_OPTIONS);
-    evhttp_set_gencb(h->http, handle_request, h);
-    sock = evhttp_bind_socket_with_handle(h->http, host, (uint16_t)port);
+    for (i = 0; i < h->nworkers; i++)
+        if (worker_init(h, &h->w[i]) != 0) {
+            rc = polis_error_set(err, POLIS_ENOMEM, opts->listen,
+                                 "cannot create the HTTP server");
+            goto fail;
+        }
+    sock = evhttp_bind_socket_with_handle(h->w[0].http, host, (uint16_t)port);
     if (sock == NULL) {
-        rc = polis_error_set(err, POLIS_EIO, listen,
+        rc = polis_error_set(err, POLIS_EIO, opts->listen,
                              "cannot listen (address in use or not local?)");
         goto fail;
     }
-    h->port = bound_port(sock);
-    if (pthread_create(&h->thread, NULL, http_thread, h) != 0) {
-        rc = polis_error_set(err, POLIS_EINTERNAL, listen,
-                             "cannot start the HTTP thread");
-        goto fail;
+    fd = evhttp_bound_socket_get_fd(sock);
+    h->port = bound_port(fd);
+    /* Every loop accepts on the same socket (each listener closes its own
+     * descriptor, hence the dup): an idle loop takes the next connection
+     * while another is busy with a query. */
+    for (i = 1; i < h->nworkers; i++) {
+        evutil_socket_t d = dup(fd);
+        if (d < 0 ||
+            evhttp_accept_socket_with_handle(h->w[i].http, d) == NULL) {
+            if (d >= 0)
+                close(d);
+            rc = polis_error_set(err, POLIS_EIO, opts->listen,
+                                 "cannot share the listening socket");
+            goto fail;
+        }
+    }
+    for (i = 0; i < h->nworkers; i++) {
+        if (pthread_create(&h->w[i].thread, NULL, http_thread, &h->w[i]) != 0) {
+            rc = polis_error_set(err, POLIS_EINTERNAL, opts->listen,
+                                 "cannot start the HTTP threads");
+            goto fail;
+        }
+        h->w[i].started = 1;
     }
     *out = h;
     return 0;
 fail:
-    if (h->http)
-        evhttp_free(h->http);
-    if (h->base)
-        event_base_free(h->base);
-    free(h);
+    sc_http_free(h);
     return rc;
 }
 
@@ -340,11 +1438,18 @@ int sc_http_port(const sc_http *h)
 
 void sc_http_free(sc_http *h)
 {
+    int i;
+
     if (h == NULL)
         return;
-    event_base_loopexit(h->base, NULL);
-    pthread_join(h->thread, NULL);
-    evhttp_free(h->http);
-    event_base_free(h->base);
+    for (i = 0; i < h->nworkers; i++)
+        if (h->w[i].started)
+            event_base_loopexit(h->w[i].base, NULL);
+    for (i = 0; i < h->nworkers; i++)
+        if (h->w[i].started)
+            pthread_join(h->w[i].thread, NULL);
+    for (i = 0; i < h->nworkers; i++)
+        worker_free(&h->w[i]);
+    free(h->w);
     free(h);
 }

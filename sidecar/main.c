@@ -9,9 +9,11 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/rpc.h"
+#include "sidecar/access_log.h"
 #include "sidecar/authorizer.h"
 #include "sidecar/checker.h"
 #include "sidecar/http_api.h"
+#include "sidecar/ports.h"
 #include "sidecar/snapshot.h"
 #include "sidecar/subscriber.h"
 
@@ -34,6 +36,12 @@ typedef struct sc_config {
     char admin_listen[256];
     int keepalive_ms;
     int grpc_workers;
+    int http_workers;
+    char data_root[1024];
+    int query_timeout_ms;
+    int query_max_rows;
+    int query_max_mb;
+    int write_timeout_ms;
     int shutdown_grace_ms;
     char log_level[16];
     char log_format[16];
@@ -57,7 +65,8 @@ static const config_option sc_options[] = {
         "where the last good snapshot is kept; empty: "
         "./polis-sidecar-<domain>"),
     OPT("listen", CONFIG_STRING, listen, "127.0.0.1:7480", 0, 0,
-        "HTTP address of the Check API (POST /v1/check)"),
+        "HTTP address of the Check API (POST /v1/check) and the product "
+        "ports (/v1/products/...)"),
     OPT("grpc-listen", CONFIG_STRING, grpc_listen, "127.0.0.1:7482", 0, 0,
         "gRPC address of polis.v1.Authorizer/Check"),
     OPT("admin-listen", CONFIG_STRING, admin_listen, "127.0.0.1:7481", 0, 0,
@@ -67,6 +76,21 @@ static const config_option sc_options[] = {
         "reconnect)"),
     OPT("grpc-workers", CONFIG_INT, grpc_workers, "4", 1, 64,
         "gRPC worker threads answering Authorizer.Check"),
+    OPT("http-workers", CONFIG_INT, http_workers, "4", 1, SC_HTTP_MAX_WORKERS,
+        "HTTP event loops (threads) on --listen; a query occupies one "
+        "while it runs"),
+    OPT("data-root", CONFIG_STRING, data_root, "", 0, 0,
+        "where relative port paths (database, directory) start; empty: "
+        "the working directory"),
+    OPT("query-timeout-ms", CONFIG_INT, query_timeout_ms, "10000", 10, 3600000,
+        "wall-clock limit of one query, result streaming included"),
+    OPT("query-max-rows", CONFIG_INT, query_max_rows, "100000", 1, 100000000,
+        "rows of one query result; more: truncated"),
+    OPT("query-max-mb", CONFIG_INT, query_max_mb, "64", 1, 65536,
+        "MiB of values in one query result; more: truncated"),
+    OPT("write-timeout-ms", CONFIG_INT, write_timeout_ms, "30000", 100, 3600000,
+        "a consumer that takes nothing of a result for this long is cut "
+        "off"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
         "how long live calls may finish on shutdown"),
     OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
@@ -83,7 +107,9 @@ static void usage(FILE *out)
             "The Polis sidecar: subscribes to its domain's snapshot from the "
             "control plane,\nkeeps the last good one on disk and answers "
             "access checks (HTTP POST /v1/check,\ngRPC "
-            "polis.v1.Authorizer/Check).\n\nFlags (also POLIS_<FLAG> in the "
+            "polis.v1.Authorizer/Check) and serves its data products' query "
+            "and\nfile ports (HTTP /v1/products/...).\n\nFlags (also "
+            "POLIS_<FLAG> in the "
             "environment, e.g. POLIS_DOMAIN):\n");
     config_print_help(out, sc_options, N_OPTIONS);
 }
@@ -94,6 +120,8 @@ typedef struct sc_runtime {
     metrics *m;
     sc_snapshot_slot *slot;
     sc_checker *checker;
+    sc_ports *ports;
+    sc_access_log *access;
     sc_subscriber *sub;
     rpc_server *rpc;
     sc_http *http;
@@ -170,6 +198,8 @@ static void restore(sc_runtime *rt)
 static int runtime_start(sc_runtime *rt, polis_error *err)
 {
     sc_subscriber_options so = {0};
+    sc_access_log_options ao = {0};
+    sc_http_options ho = {0};
     rpc_server_options ro = {0};
     int rc;
 
@@ -187,6 +217,13 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     so.state_dir = rt->conf.state_dir;
     so.keepalive_ms = rt->conf.keepalive_ms;
     so.report = on_report;
+    ao.state_dir = rt->conf.state_dir;
+    ao.metrics = rt->m;
+    if ((rc = sc_access_log_new(&ao, &rt->access, err)) ||
+        (rc = sc_ports_new(rt->conf.domain, rt->conf.state_dir,
+                           rt->conf.data_root, &rt->ports, err)))
+        return rc;
+    so.access_log = rt->access;
     if ((rc = sc_subscriber_new(&so, rt->slot, rt->m, &rt->sub, err)))
         return rc;
     restore(rt);
@@ -200,7 +237,18 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
         polis_error_prefix_where(err, "--grpc-listen");
         return rc;
     }
-    if ((rc = sc_http_start(rt->conf.listen, rt->checker, &rt->http, err))) {
+    ho.listen = rt->conf.listen;
+    ho.workers = rt->conf.http_workers;
+    ho.domain = rt->conf.domain;
+    ho.checker = rt->checker;
+    ho.slot = rt->slot;
+    ho.ports = rt->ports;
+    ho.access = rt->access;
+    ho.query.timeout_ms = rt->conf.query_timeout_ms;
+    ho.query.max_rows = (uint64_t)rt->conf.query_max_rows;
+    ho.query.max_bytes = (uint64_t)rt->conf.query_max_mb * 1024 * 1024;
+    ho.write_timeout_ms = rt->conf.write_timeout_ms;
+    if ((rc = sc_http_start(&ho, &rt->http, err))) {
         polis_error_prefix_where(err, "--listen");
         return rc;
     }
@@ -226,7 +274,10 @@ static void runtime_stop(sc_runtime *rt)
     if (rt->rpc)
         rpc_server_shutdown(rt->rpc, rt->conf.shutdown_grace_ms);
     sc_http_free(rt->http);
+    /* After the ports (no more records), before the log it drains. */
     sc_subscriber_free(rt->sub);
+    sc_access_log_free(rt->access);
+    sc_ports_free(rt->ports);
     admin_http_free(rt->admin);
     rpc_server_free(rt->rpc);
     sc_checker_free(rt->checker);

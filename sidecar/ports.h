@@ -1,0 +1,53 @@
+/*
+ * ports.h — where a data product's ports are: the DataProduct documents of
+ * the snapshot in force (this domain's only), their query and file ports,
+ * and the paths those ports name, resolved against --data-root.  Serving
+ * the ports over HTTP is http_api.c; docs/sidecar.md "Product ports".
+ */
+#ifndef POLIS_SC_PORTS_H
+#define POLIS_SC_PORTS_H
+
+#include "common/error.h"
+#include "sidecar/snapshot.h"
+
+#include <jansson.h>
+#include <stddef.h>
+
+typedef struct sc_ports sc_ports;
+
+/*
+ * A catalogue for a sidecar of `domain` whose snapshots are saved in
+ * `state_dir`, with relative port paths resolved against `data_root`
+ * (NULL or "": the working directory).  Strings are copied.  Thread-safe.
+ * Caller frees with sc_ports_free.
+ */
+int sc_ports_new(const char *domain, const char *state_dir,
+                 const char *data_root, sc_ports **out, polis_error *err);
+
+/* NULL is a no-op. */
+void sc_ports_free(sc_ports *p);
+
+/*
+ * The DataProduct `name` of this domain as snapshot `snap` (borrowed) has
+ * it: *doc is a private copy (caller json_decref's it).  POLIS_ENOTFOUND
+ * when the snapshot has no such product; POLIS_EUNAVAIL when the
+ * documents of `snap` cannot be read back (see the .c: the compiled
+ * snapshot keeps no DataProduct documents, so they are read from the
+ * state dir's copy of the same digest).
+ */
+int sc_ports_product(sc_ports *p, const sc_snapshot *snap, const char *name,
+                     json_t **doc, polis_error *err);
+
+/* The first port of `type` ("query", "file") of a DataProduct document, or
+ * NULL.  Borrowed from doc. */
+const json_t *sc_ports_find(const json_t *doc, const char *type);
+
+/*
+ * `path` (a port's database or directory) as the sidecar opens it: as is
+ * when absolute, else under the data root.  POLIS_ETOOBIG when it does
+ * not fit in len bytes.
+ */
+int sc_ports_resolve(const sc_ports *p, const char *path, char *buf, size_t len,
+                     polis_error *err);
+
+#endif
