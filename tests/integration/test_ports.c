@@ -792,6 +792,72 @@ static void test_long_query_does_not_block(void)
         CU_ASSERT(took < a.took_ms / 2);
 }
 
+/* A result larger than a chunk goes out streamed: truncated at the row
+ * limit; an error after rows went out ends the JSON with "error", and cuts
+ * a CSV transfer (the client sees it fail). */
+static void test_streamed_results(void)
+{
+    const char *gen = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x "
+                      "+ 1 FROM c WHERE x < %s) SELECT %s FROM c";
+    char sql[512], post[600];
+    json_t *ans = NULL, *err;
+    call c = {.path = "/v1/products/sales/orders/query",
+              .token = ALICE,
+              .accept = "text/csv",
+              .post = post};
+    body b = {0};
+
+    snprintf(sql, sizeof(sql), gen, "150000", "x, 'row ' || x");
+    CU_ASSERT_EQUAL_FATAL(query(ALICE, sql, &ans), 200);
+    CU_ASSERT(json_is_true(json_object_get(ans, "truncated")));
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(ans, "rows")), 100000);
+    CU_ASSERT_EQUAL(
+        json_integer_value(json_array_get(
+            json_array_get(json_object_get(ans, "rows"), 99999), 0)),
+        100000);
+    CU_ASSERT(json_object_get(ans, "error") == NULL);
+    json_decref(ans);
+
+    snprintf(sql, sizeof(sql), gen, "90000",
+             "CASE WHEN x < 60000 THEN x ELSE abs(-9223372036854775807 - 1) "
+             "END");
+    CU_ASSERT_EQUAL_FATAL(query(ALICE, sql, &ans), 200);
+    err = json_object_get(ans, "error");
+    CU_ASSERT(json_array_size(json_object_get(ans, "rows")) > 0);
+    CU_ASSERT(strstr(json_string_value(json_object_get(err, "detail"))
+                         ? json_string_value(json_object_get(err, "detail"))
+                         : "",
+                     "integer overflow") != NULL);
+    json_decref(ans);
+
+    snprintf(post, sizeof(post), "{\"sql\":\"%s\"}", sql);
+    CU_ASSERT_EQUAL(http(&c, &b), -1);
+    CU_ASSERT(b.len > 64 * 1024);
+    free(b.data);
+}
+
+/* Each query opens the database (sq_open) and builds its governed views:
+ * the figure shows what that costs end to end. */
+static void test_query_latency(void)
+{
+    int64_t t0 = now_ms();
+    json_t *ans = NULL;
+    int ok = 0, n = 200;
+
+    for (int i = 0; i < n; i++) {
+        ok += query(ALICE,
+                    "SELECT order_id, email FROM orders WHERE "
+                    "order_id = 3",
+                    &ans) == 200;
+        json_decref(ans);
+        ans = NULL;
+    }
+    printf("(%.2f ms per query, connection and database opened per "
+           "request) ",
+           (double)(now_ms() - t0) / n);
+    CU_ASSERT_EQUAL(ok, n);
+}
+
 static const test_case cases[] = {
     {"unauthenticated", test_unauthenticated},
     {"denied_names_rule", test_denied_names_rule},
@@ -804,6 +870,8 @@ static const test_case cases[] = {
     {"path_escapes", test_path_escapes},
     {"big_file_constant_memory", test_big_file_constant_memory},
     {"long_query_does_not_block", test_long_query_does_not_block},
+    {"streamed_results", test_streamed_results},
+    {"query_latency", test_query_latency},
     {NULL, NULL},
 };
 
