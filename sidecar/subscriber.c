@@ -436,7 +436,7 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
     set_connected(s, 1);
     report(s, SC_SUB_CONNECTED, endpoint, 0, NULL, NULL);
     last_heard = last_sent = mono_ms();
-    next_flush = last_sent + s->access_interval_ms;
+    next_flush = last_sent; /* replay what waited at once */
     for (;;) {
         ProtobufCMessage *msg = NULL;
         int64_t wait = last_sent + s->keepalive_ms - mono_ms();
