@@ -63,6 +63,7 @@ typedef struct body {
     size_t len;
     /* streaming mode (data == NULL): count bytes and lines, sample RSS */
     bool count_only;
+    uint64_t stop_after; /* count_only: hang up after this many bytes */
     uint64_t bytes, lines;
     pid_t pid;
     uint64_t next_sample;
@@ -92,6 +93,8 @@ static size_t on_data(char *p, size_t size, size_t n, void *ud)
     size_t len = size * n;
 
     if (b->count_only) {
+        if (b->stop_after && b->bytes >= b->stop_after)
+            return 0; /* hang up mid-stream */
         b->bytes += len;
         for (size_t i = 0; i < len; i++)
             b->lines += p[i] == '\n';
@@ -743,6 +746,36 @@ static void test_big_file_constant_memory(void)
     CU_ASSERT(b.rss_max_kb - before < 6 * 1024);
 }
 
+/* Consumers that hang up mid-stream: the sidecar drops the streams and
+ * keeps serving. */
+static void test_consumer_hangs_up(void)
+{
+    call f = {.path = "/v1/products/sales/orders/files/big.csv", .token = BOB};
+    char sql[256], post[400];
+    call q = {
+        .path = "/v1/products/sales/orders/query", .token = BOB, .post = post};
+    json_t *ans = NULL;
+
+    for (int i = 0; i < 3; i++) {
+        body b = {.count_only = true, .stop_after = 512 * 1024};
+        b.pid = testenv_proc_pid(sc->proc);
+        b.next_sample = UINT64_MAX;
+        CU_ASSERT_EQUAL(http(&f, &b), -1);
+    }
+    snprintf(sql, sizeof(sql),
+             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+             "WHERE x < 90000) SELECT x, 'row ' || x FROM c");
+    snprintf(post, sizeof(post), "{\"sql\":\"%s\"}", sql);
+    {
+        body b = {.count_only = true, .stop_after = 100 * 1024};
+        b.next_sample = UINT64_MAX;
+        CU_ASSERT_EQUAL(http(&q, &b), -1);
+    }
+    CU_ASSERT_EQUAL(query(BOB, "SELECT count(*) FROM orders", &ans), 200);
+    json_decref(ans);
+    CU_ASSERT(testenv_proc_alive(sc->proc));
+}
+
 typedef struct slow_arg {
     long status;
     int64_t took_ms;
@@ -871,6 +904,7 @@ static const test_case cases[] = {
     {"big_file_constant_memory", test_big_file_constant_memory},
     {"long_query_does_not_block", test_long_query_does_not_block},
     {"streamed_results", test_streamed_results},
+    {"consumer_hangs_up", test_consumer_hangs_up},
     {"query_latency", test_query_latency},
     {NULL, NULL},
 };
