@@ -546,7 +546,8 @@ static int collect_batch(collected *c, const etcd_kv *kv,
 
 static void sort_and_trim(collected *c, size_t limit)
 {
-    qsort(c->v, c->n, sizeof(*c->v), newest_first);
+    if (c->n > 1) /* qsort(NULL, 0) is undefined */
+        qsort(c->v, c->n, sizeof(*c->v), newest_first);
     while (c->n > limit) {
         record_free(c->v[--c->n]);
         c->dropped = true;
