@@ -969,6 +969,11 @@ static void test_example_policies_behave_as_documented(void)
            NULL, buf, sizeof(buf));
     CU_ASSERT_FALSE(pol_decision_allowed(d));
     CU_ASSERT_PTR_NOT_NULL(strstr(buf, "sales/sales-extracts"));
+    /* ... customers only in groups of five or more ... */
+    decide(engine, d, "alice", "analysts", "EU", "crm/customers",
+           POL_PORT_QUERY, "analytics", buf, sizeof(buf));
+    CU_ASSERT_TRUE(pol_decision_allowed(d));
+    CU_ASSERT_EQUAL(pol_decision_min_group_size(d), 5);
     /* ... and no personal data for marketing. */
     decide(engine, d, "alice", "analysts", "EU", "crm/customers",
            POL_PORT_QUERY, "marketing", buf, sizeof(buf));
