@@ -149,26 +149,14 @@ static int validate(const sc_checker *c, const Polis__V1__CheckRequest *req,
 /* A denial decided before the engine: no rule took part. */
 static int deny_early(Polis__V1__CheckResponse *resp, const char *reason,
                       const char *explanation, const char *principal,
-                      int64_t revision, polis_error *err)
+                      int64_t revision, bool explain, polis_error *err)
 {
-    json_t *j = json_pack("{s:b, s:s, s:s}", "allowed", 0, "reason", reason,
-                          "explanation", explanation);
-
-    resp->allowed = false;
-    resp->revision = revision;
-    resp->reason = strdup(reason);
-    resp->explanation = strdup(explanation);
-    resp->principal = strdup(principal ? principal : "");
-    resp->decision_json = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
-    if (!resp->reason || !resp->explanation || !resp->principal ||
-        !resp->decision_json)
-        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    return 0;
+    return check_response_deny(reason, explanation, principal, revision,
+                               explain, resp, err);
 }
 
 static int decide(sc_checker *c, const sc_snapshot *snap,
-                  const Polis__V1__CheckRequest *req,
+                  const Polis__V1__CheckRequest *req, bool explain,
                   Polis__V1__CheckResponse *resp, polis_error *err)
 {
     const sc_principals *pr = sc_snapshot_principals(snap);
@@ -186,7 +174,7 @@ static int decide(sc_checker *c, const sc_snapshot *snap,
             return deny_early(resp, SC_REASON_UNAUTHENTICATED,
                               "denied: the bearer token matches no "
                               "principal",
-                              NULL, revision, err);
+                              NULL, revision, explain, err);
     } else {
         name = req->principal;
         doc = sc_principals_by_name(pr, name);
@@ -194,7 +182,7 @@ static int decide(sc_checker *c, const sc_snapshot *snap,
             snprintf(text, sizeof(text),
                      "denied: no principal \"%.200s\" in the snapshot", name);
             return deny_early(resp, SC_REASON_UNKNOWN, text, name, revision,
-                              err);
+                              explain, err);
         }
     }
     s = thread_scratch(c);
@@ -206,13 +194,14 @@ static int decide(sc_checker *c, const sc_snapshot *snap,
     if (rc == 0)
         rc = pol_decide(sc_snapshot_engine(snap), &preq, s->decision, err);
     if (rc == 0)
-        rc = check_response_from_decision(s->decision, revision, name, resp,
-                                          err);
+        rc = check_response_build(s->decision, revision, name, explain, resp,
+                                  err);
     return rc;
 }
 
-int sc_checker_check(sc_checker *c, const Polis__V1__CheckRequest *req,
-                     Polis__V1__CheckResponse *resp, polis_error *err)
+int sc_checker_decide(sc_checker *c, const Polis__V1__CheckRequest *req,
+                      bool explain, Polis__V1__CheckResponse *resp,
+                      polis_error *err)
 {
     double start = mono_seconds();
     sc_snapshot *snap;
@@ -224,13 +213,19 @@ int sc_checker_check(sc_checker *c, const Polis__V1__CheckRequest *req,
     if (snap == NULL)
         rc = deny_early(resp, SC_REASON_NO_SNAPSHOT,
                         "denied: no snapshot yet: denying every request",
-                        req->principal, 0, err);
+                        req->principal, 0, explain, err);
     else
-        rc = decide(c, snap, req, resp, err);
+        rc = decide(c, snap, req, explain, resp, err);
     sc_snapshot_unref(snap);
     if (rc == 0) {
         metric_add(resp->allowed ? c->m_allow : c->m_deny, 1);
         metric_observe(c->m_seconds, mono_seconds() - start);
     }
     return rc;
+}
+
+int sc_checker_check(sc_checker *c, const Polis__V1__CheckRequest *req,
+                     Polis__V1__CheckResponse *resp, polis_error *err)
+{
+    return sc_checker_decide(c, req, true, resp, err);
 }

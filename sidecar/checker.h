@@ -14,6 +14,8 @@
 #include "polis/v1/check.pb-c.h"
 #include "sidecar/snapshot.h"
 
+#include <stdbool.h>
+
 typedef struct sc_checker sc_checker;
 
 /* Reasons of the denials the sidecar decides before the engine does. */
@@ -35,7 +37,11 @@ void sc_checker_free(sc_checker *c);
 /*
  * Decide `req` into `resp` (initialised by the caller with
  * POLIS__V1__CHECK_RESPONSE__INIT; release with check_response_clear from
- * policy/api/check.h, also after an error).
+ * policy/api/check.h, also after an error).  With `explain`, the response
+ * also carries the explanation text and decision_json; without, those stay
+ * "" and the sidecar spends less CPU per check (docs/internals/sidecar.md).
+ * gRPC passes the request's `explain` field (default off: the machine
+ * path); people's paths pass true.
  *
  * Returns 0 for every decision, allowed or not, including the sidecar's
  * own denials (reason SC_REASON_*: no snapshot in force, a token that
@@ -45,6 +51,11 @@ void sc_checker_free(sc_checker *c);
  * domain, an unknown port), POLIS_ENOTFOUND (a column the product lacks),
  * POLIS_ETOOBIG (too many columns), or POLIS_ENOMEM.  Thread-safe.
  */
+int sc_checker_decide(sc_checker *c, const Polis__V1__CheckRequest *req,
+                      bool explain, Polis__V1__CheckResponse *resp,
+                      polis_error *err);
+
+/* sc_checker_decide with explain: HTTP POST /v1/check's answer. */
 int sc_checker_check(sc_checker *c, const Polis__V1__CheckRequest *req,
                      Polis__V1__CheckResponse *resp, polis_error *err);
 

@@ -107,13 +107,6 @@ void check_rule_id(const pol_rule_info *rule, char *buf, size_t len)
         snprintf(buf, len, "%s/%s/%s", rule->scope, rule->policy, rule->name);
 }
 
-static char *rule_id_dup(const pol_rule_info *rule)
-{
-    char buf[3 * POL_MAX_NAME + 4];
-    check_rule_id(rule, buf, sizeof(buf));
-    return strdup(buf);
-}
-
 static const char *reason_name(pol_reason r)
 {
     return r == POL_REASON_ALLOWED  ? "allowed"
@@ -121,105 +114,207 @@ static const char *reason_name(pol_reason r)
                                     : "default-deny";
 }
 
+/*
+ * A response's strings and arrays live in one block (check_response_clear
+ * frees it through `masks`, its start): one allocation per check instead
+ * of one per string, which the sidecar's hot path noticed.  The block is
+ * sized by a first pass (`base` NULL: only count) and filled by a second
+ * one over the same calls, so the two cannot disagree.
+ */
+typedef struct block {
+    char *base; /* NULL while counting */
+    size_t used;
+} block;
+
+static void *block_take(block *b, size_t size, size_t align)
+{
+    void *p;
+
+    b->used = (b->used + align - 1) / align * align;
+    p = b->base ? b->base + b->used : NULL;
+    b->used += size;
+    return p;
+}
+
+static char *block_str(block *b, const char *s)
+{
+    size_t n = strlen(s ? s : "") + 1;
+    char *p = block_take(b, n, 1);
+
+    if (p)
+        memcpy(p, s ? s : "", n);
+    return p;
+}
+
+static char *block_rule_id(block *b, const pol_rule_info *rule)
+{
+    size_t n;
+    char *p;
+
+    if (rule == NULL)
+        return block_str(b, "");
+    n = strlen(rule->scope) + strlen(rule->policy) + strlen(rule->name) + 3;
+    p = block_take(b, n, 1);
+    if (p)
+        snprintf(p, n, "%s/%s/%s", rule->scope, rule->policy, rule->name);
+    return p;
+}
+
+/* Lay out (b->base NULL) or fill every field of `out` but decision_json;
+ * `n_masks` is the number of masked columns. */
+static void block_fill(block *b, const pol_decision *d, int64_t revision,
+                       const char *principal, bool explain, size_t n_masks,
+                       Polis__V1__CheckResponse *out)
+{
+    size_t n_cols = pol_decision_column_count(d), k = 0;
+    size_t n_filters = pol_decision_filter_count(d);
+    size_t n_matched = pol_decision_matched_count(d);
+    Polis__V1__ColumnMask **masks, *mask_structs;
+    char **filters, **matched;
+
+    /* Arrays first, at the block's start: `masks` is the block itself. */
+    masks = block_take(b, (n_masks ? n_masks : 1) * sizeof(*masks),
+                       _Alignof(max_align_t));
+    mask_structs = block_take(b, n_masks * sizeof(*mask_structs),
+                              _Alignof(Polis__V1__ColumnMask));
+    filters = block_take(b, n_filters * sizeof(char *), _Alignof(char *));
+    matched = block_take(b, n_matched * sizeof(char *), _Alignof(char *));
+    out->masks = masks;
+    out->n_masks = n_masks;
+    out->row_filters = filters;
+    out->n_row_filters = n_filters;
+    out->matched_rules = matched;
+    out->n_matched_rules = n_matched;
+    out->allowed = pol_decision_allowed(d);
+    out->min_group_size = pol_decision_min_group_size(d);
+    out->revision = revision;
+    out->reason = block_str(b, reason_name(pol_decision_reason(d)));
+    out->deciding_rule = block_rule_id(b, pol_decision_deciding_rule(d));
+    out->principal = block_str(b, principal);
+    for (size_t i = 0; i < n_cols; i++) {
+        const pol_mask *m = pol_decision_column_mask(d, i);
+        Polis__V1__ColumnMask *cm = b->base ? &mask_structs[k] : NULL;
+        char *column, *method, *rule, *tag;
+
+        if (m == NULL)
+            continue;
+        column = block_str(b, pol_decision_column_name(d, i));
+        method = block_str(b, pol_mask_method_name(m->method));
+        rule = block_rule_id(b, pol_decision_column_mask_rule(d, i));
+        tag = block_str(b, pol_decision_column_mask_tag(d, i));
+        if (cm) {
+            polis__v1__column_mask__init(cm);
+            cm->column = column;
+            cm->method = method;
+            cm->rule = rule;
+            cm->classification = tag;
+            masks[k] = cm;
+        }
+        k++;
+    }
+    for (size_t i = 0; i < n_filters; i++) {
+        const pol_rule_info *r = pol_decision_filter_rule(d, i);
+        char *f = block_str(b, r && r->filter ? r->filter : "");
+
+        if (b->base)
+            filters[i] = f;
+    }
+    for (size_t i = 0; i < n_matched; i++) {
+        char *id = block_rule_id(b, pol_decision_matched(d, i));
+
+        if (b->base)
+            matched[i] = id;
+    }
+    if (explain) {
+        size_t need = pol_decision_explain(d, NULL, 0) + 1;
+        char *text = block_take(b, need, 1);
+
+        if (text)
+            pol_decision_explain(d, text, need);
+        out->explanation = text;
+    }
+}
+
+int check_response_build(const pol_decision *d, int64_t revision,
+                         const char *principal, bool explain,
+                         Polis__V1__CheckResponse *out, polis_error *err)
+{
+    size_t n_cols = pol_decision_column_count(d), n_masks = 0;
+    block b = {0};
+
+    for (size_t i = 0; i < n_cols; i++)
+        n_masks += pol_decision_column_mask(d, i) != NULL;
+    block_fill(&b, d, revision, principal, explain, n_masks, out);
+    b.base = malloc(b.used);
+    if (b.base == NULL)
+        goto nomem;
+    b.used = 0;
+    block_fill(&b, d, revision, principal, explain, n_masks, out);
+    if (explain) {
+        json_t *json = pol_decision_to_json(d);
+
+        out->decision_json = json ? json_dumps(json, JSON_COMPACT) : NULL;
+        json_decref(json);
+        if (out->decision_json == NULL)
+            goto nomem;
+    }
+    return 0;
+nomem:
+    /* The counting pass left pointers into nothing: start over clean. */
+    if (b.base == NULL)
+        out->masks = NULL;
+    check_response_clear(out);
+    return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+}
+
+int check_response_deny(const char *reason, const char *explanation,
+                        const char *principal, int64_t revision, bool explain,
+                        Polis__V1__CheckResponse *out, polis_error *err)
+{
+    json_t *j = NULL;
+    block b = {0};
+
+    for (int pass = 0; pass < 2; pass++) {
+        out->masks = block_take(&b, sizeof(*out->masks), _Alignof(max_align_t));
+        out->reason = block_str(&b, reason);
+        out->principal = block_str(&b, principal);
+        if (explain)
+            out->explanation = block_str(&b, explanation);
+        if (pass == 0 && (b.base = malloc(b.used)) == NULL) {
+            out->masks = NULL;
+            goto nomem;
+        }
+        b.used = 0;
+    }
+    out->allowed = false;
+    out->revision = revision;
+    if (explain) {
+        j = json_pack("{s:b, s:s, s:s}", "allowed", 0, "reason", reason,
+                      "explanation", explanation);
+        out->decision_json = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (out->decision_json == NULL)
+            goto nomem;
+    }
+    return 0;
+nomem:
+    check_response_clear(out);
+    return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+}
+
 int check_response_from_decision(const pol_decision *d, int64_t revision,
                                  const char *principal,
                                  Polis__V1__CheckResponse *out,
                                  polis_error *err)
 {
-    size_t n_cols = pol_decision_column_count(d), n_masks = 0;
-    size_t n_filters = pol_decision_filter_count(d);
-    size_t n_matched = pol_decision_matched_count(d);
-    size_t need = pol_decision_explain(d, NULL, 0) + 1;
-    json_t *json = pol_decision_to_json(d);
-    bool ok = true;
-
-    out->allowed = pol_decision_allowed(d);
-    out->reason = strdup(reason_name(pol_decision_reason(d)));
-    out->deciding_rule = rule_id_dup(pol_decision_deciding_rule(d));
-    out->min_group_size = pol_decision_min_group_size(d);
-    out->revision = revision;
-    out->principal = strdup(principal ? principal : "");
-    out->explanation = malloc(need);
-    if (out->explanation)
-        pol_decision_explain(d, out->explanation, need);
-    out->decision_json = json ? json_dumps(json, JSON_COMPACT) : NULL;
-    json_decref(json);
-    ok = out->reason && out->deciding_rule && out->principal &&
-         out->explanation && out->decision_json;
-
-    out->masks = calloc(n_cols ? n_cols : 1, sizeof(*out->masks));
-    out->row_filters = calloc(n_filters ? n_filters : 1, sizeof(char *));
-    out->matched_rules = calloc(n_matched ? n_matched : 1, sizeof(char *));
-    ok = ok && out->masks && out->row_filters && out->matched_rules;
-    for (size_t i = 0; ok && i < n_cols; i++) {
-        const pol_mask *m = pol_decision_column_mask(d, i);
-        const char *tag = pol_decision_column_mask_tag(d, i);
-        Polis__V1__ColumnMask *cm;
-
-        if (m == NULL)
-            continue;
-        cm = calloc(1, sizeof(*cm));
-        if (cm == NULL) {
-            ok = false;
-            break;
-        }
-        polis__v1__column_mask__init(cm);
-        out->masks[n_masks++] = cm;
-        cm->column = strdup(pol_decision_column_name(d, i));
-        cm->method = strdup(pol_mask_method_name(m->method));
-        cm->rule = rule_id_dup(pol_decision_column_mask_rule(d, i));
-        cm->classification = strdup(tag ? tag : "");
-        ok = cm->column && cm->method && cm->rule && cm->classification;
-    }
-    out->n_masks = n_masks;
-    for (size_t i = 0; ok && i < n_filters; i++) {
-        const pol_rule_info *r = pol_decision_filter_rule(d, i);
-        out->row_filters[i] = strdup(r && r->filter ? r->filter : "");
-        ok = out->row_filters[i] != NULL;
-        out->n_row_filters = i + 1;
-    }
-    for (size_t i = 0; ok && i < n_matched; i++) {
-        out->matched_rules[i] = rule_id_dup(pol_decision_matched(d, i));
-        ok = out->matched_rules[i] != NULL;
-        out->n_matched_rules = i + 1;
-    }
-    if (!ok) {
-        check_response_clear(out);
-        return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-    }
-    return 0;
+    return check_response_build(d, revision, principal, true, out, err);
 }
 
 void check_response_clear(Polis__V1__CheckResponse *r)
 {
-    /* Fields left at the protobuf-c defaults point at static "" strings. */
-#define FREE_STR(s)                                                            \
-    do {                                                                       \
-        if ((s) != NULL && (s) != (char *)protobuf_c_empty_string)             \
-            free(s);                                                           \
-        (s) = NULL;                                                            \
-    } while (0)
-    FREE_STR(r->reason);
-    FREE_STR(r->deciding_rule);
-    FREE_STR(r->explanation);
-    FREE_STR(r->decision_json);
-    FREE_STR(r->principal);
-    for (size_t i = 0; r->masks && i < r->n_masks; i++) {
-        FREE_STR(r->masks[i]->column);
-        FREE_STR(r->masks[i]->method);
-        FREE_STR(r->masks[i]->rule);
-        FREE_STR(r->masks[i]->classification);
-        free(r->masks[i]);
-    }
-    free(r->masks);
-    for (size_t i = 0; r->row_filters && i < r->n_row_filters; i++)
-        free(r->row_filters[i]);
-    free(r->row_filters);
-    for (size_t i = 0; r->matched_rules && i < r->n_matched_rules; i++)
-        free(r->matched_rules[i]);
-    free(r->matched_rules);
-    r->masks = NULL;
-    r->row_filters = r->matched_rules = NULL;
-    r->n_masks = r->n_row_filters = r->n_matched_rules = 0;
-#undef FREE_STR
+    if (r->decision_json != NULL &&
+        r->decision_json != (char *)protobuf_c_empty_string)
+        free(r->decision_json);
+    free(r->masks); /* the block: every other string and array */
+    polis__v1__check_response__init(r);
 }

@@ -52,14 +52,40 @@ int check_request_from_pb(const Polis__V1__CheckRequest *in,
 
 /*
  * Fill `out` (initialised by the caller with POLIS__V1__CHECK_RESPONSE__INIT)
- * from a decision.  Allocates its strings and arrays; release them with
- * check_response_clear.  Returns POLIS_ENOMEM on allocation failure.
+ * from a decision: allowed, reason, deciding rule, masks, row filters,
+ * minimum group size, matched rules, revision, principal; and, when
+ * `explain`, the explanation text and decision_json.  Without `explain`
+ * those two stay "" (the protobuf-c default): rendering them is most of
+ * the cost of a response, and an enforcing service does not read them.
+ * Its strings and arrays are one allocation (plus decision_json's own);
+ * release them with check_response_clear.  Returns POLIS_ENOMEM on
+ * allocation failure (`out` is then cleared).
  */
+int check_response_build(const pol_decision *d, int64_t revision,
+                         const char *principal, bool explain,
+                         Polis__V1__CheckResponse *out, polis_error *err);
+
+/* check_response_build with explain: for people (Governance.Check). */
 int check_response_from_decision(const pol_decision *d, int64_t revision,
                                  const char *principal,
                                  Polis__V1__CheckResponse *out,
                                  polis_error *err);
 
+/*
+ * Fill `out` (initialised with POLIS__V1__CHECK_RESPONSE__INIT) with a
+ * denial decided before the engine (no snapshot, an unknown principal...):
+ * no rule took part.  `explanation` goes into the response, with a
+ * decision_json of allowed, reason and explanation, only when `explain`.
+ * Release with check_response_clear.  POLIS_ENOMEM on allocation failure.
+ */
+int check_response_deny(const char *reason, const char *explanation,
+                        const char *principal, int64_t revision, bool explain,
+                        Polis__V1__CheckResponse *out, polis_error *err);
+
+/* Free what check_response_build or check_response_deny allocated in
+ * `resp` (and nothing else: a response filled another way is its filler's
+ * to free) and set it back to POLIS__V1__CHECK_RESPONSE__INIT.  Safe on a
+ * response still at INIT. */
 void check_response_clear(Polis__V1__CheckResponse *resp);
 
 /* "scope/policy/rule" of a rule into buf (empty for NULL). */
