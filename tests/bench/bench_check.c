@@ -1,15 +1,21 @@
 /*
  * bench_check.c — decisions per second of one polis-sidecar's Authorizer.Check
  * over loopback gRPC, with a generated 10,000-rule snapshot: etcd, the
- * control plane and the sidecar are real processes; C client threads in
- * this process call Check back to back for a fixed time.
+ * control plane and the sidecar are real processes; a load generator in
+ * this process keeps BENCH_THREADS calls in flight for a fixed time.
  *
- *   bench_check                      8 threads, 5 s, 10,000 rules
+ *   bench_check                      8 calls in flight, 5 s, 10,000 rules
  *   BENCH_THREADS=4 BENCH_SECONDS=10 BENCH_RULES=20000 bench_check
+ *   BENCH_CLIENT=unary               a thread per call, blocking rpc_unary
+ *   BENCH_CLIENT_THREADS=2           async client threads (default 1)
+ *   BENCH_EXPLAIN=1                  ask for explanation and decision JSON
+ *   BENCH_SIDECAR_WORKERS=2          the sidecar's --grpc-workers
  *
  * Prints `bench: <name> <value> <unit>`: decisions/s, p50 and p99 latency,
- * the share of requests allowed (a sanity figure: the mix must exercise
- * both outcomes) and the sidecar's resident memory.
+ * CPU used by the sidecar, by this load generator and by the whole machine
+ * (others' load shows there), CPU per decision, the share of requests
+ * allowed (a sanity figure: the mix must exercise both outcomes) and the
+ * sidecar's resident memory.
  */
 #include "polis/v1/authorizer.pb-c.h"
 #include "polis/v1/check.pb-c.h"
@@ -17,7 +23,13 @@
 #include "tests/support/cpenv.h"
 #include "tests/support/sidecarenv.h"
 
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,6 +110,27 @@ static double cpu_seconds(pid_t pid)
                &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU time the whole machine spent busy (every process: the sidecar, this
+ * load generator, and whatever else shares the cores), in seconds. */
+static double machine_busy_seconds(void)
+{
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    int n;
+
+    if (f == NULL)
+        return -1;
+    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    /* user nice system idle iowait irq softirq steal: all but idle and
+     * iowait are busy. */
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) /
+           (double)sysconf(_SC_CLK_TCK);
 }
 
 /* ---- the generated mesh ---- */
@@ -311,7 +344,9 @@ static int wait_synced(rpc_channel *ch, const char *id, int64_t rev)
 
 typedef struct worker {
     const char *target;
+    bool explain;
     int index;
+    int calls; /* kept in flight at once (async client) */
     int64_t until_ns;
     pthread_t thread;
     double *lat_ms;
@@ -319,32 +354,48 @@ typedef struct worker {
     long allowed, errors;
 } worker;
 
-static void *worker_main(void *arg)
+/* The next request of a worker's mix: principals, products and purposes
+ * drawn at random so that decisions differ. */
+typedef struct request_mix {
+    unsigned seed;
+    char principal[16], product[32];
+} request_mix;
+
+static void next_request(request_mix *m, bool explain,
+                         Polis__V1__CheckRequest *req)
+{
+    polis__v1__check_request__init(req);
+    snprintf(m->principal, sizeof(m->principal), "user%03d",
+             rand_r(&m->seed) % PRINCIPALS);
+    snprintf(m->product, sizeof(m->product), DOMAIN "/p%03d",
+             rand_r(&m->seed) % PRODUCTS);
+    req->principal = m->principal;
+    req->product = m->product;
+    req->port = "query";
+    req->purpose = rand_r(&m->seed) % 4 ? "analytics" : "marketing";
+    req->explain = explain;
+}
+
+/* One blocking rpc_unary after another (common/rpc.h, what polisctl and
+ * the tests use): a pluck queue and a call per decision. */
+static void *unary_worker_main(void *arg)
 {
     worker *w = arg;
     rpc_channel *ch = NULL;
     polis_error err = {0};
-    unsigned seed = 12345u + (unsigned)w->index * 7919u;
-    char principal[16], product[32];
+    request_mix mix = {.seed = 12345u + (unsigned)w->index * 7919u};
 
     if (rpc_channel_new(w->target, NULL, &ch, &err) != 0) {
         w->errors++;
         return NULL;
     }
     while (mono_ns() < w->until_ns && w->n < MAX_SAMPLES) {
-        Polis__V1__CheckRequest req = POLIS__V1__CHECK_REQUEST__INIT;
+        Polis__V1__CheckRequest req;
         ProtobufCMessage *resp = NULL;
         int64_t t0;
         int rc;
 
-        snprintf(principal, sizeof(principal), "user%03d",
-                 rand_r(&seed) % PRINCIPALS);
-        snprintf(product, sizeof(product), DOMAIN "/p%03d",
-                 rand_r(&seed) % PRODUCTS);
-        req.principal = principal;
-        req.product = product;
-        req.port = "query";
-        req.purpose = rand_r(&seed) % 4 ? "analytics" : "marketing";
+        next_request(&mix, w->explain, &req);
         t0 = mono_ns();
         rc = rpc_unary(ch, &polis__v1__authorizer__descriptor, "Check",
                        &req.base, &resp, NULL, 0, 5000, NULL);
@@ -361,6 +412,177 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ---- the asynchronous client ---- */
+
+/* One call in flight of an async worker. */
+typedef struct slot {
+    grpc_call *call;
+    grpc_byte_buffer *send_bb, *recv_bb;
+    grpc_metadata_array init_md, trail_md;
+    grpc_status_code code;
+    grpc_slice details;
+    int64_t t0;
+} slot;
+
+static const char check_path[] = "/polis.v1.Authorizer/Check";
+
+static int slot_start(worker *w, grpc_channel *ch, grpc_completion_queue *cq,
+                      slot *s, request_mix *mix)
+{
+    Polis__V1__CheckRequest req;
+    uint8_t buf[512];
+    size_t len;
+    grpc_slice payload, path = grpc_slice_from_static_string(check_path);
+    grpc_op ops[6];
+
+    next_request(mix, w->explain, &req);
+    len = polis__v1__check_request__get_packed_size(&req);
+    if (len > sizeof(buf))
+        return -1;
+    polis__v1__check_request__pack(&req, buf);
+    payload = grpc_slice_from_copied_buffer((const char *)buf, len);
+    s->send_bb = grpc_raw_byte_buffer_create(&payload, 1);
+    grpc_slice_unref(payload);
+    s->recv_bb = NULL;
+    s->details = grpc_empty_slice();
+    grpc_metadata_array_init(&s->init_md);
+    grpc_metadata_array_init(&s->trail_md);
+    s->t0 = mono_ns();
+    s->call = grpc_channel_create_call(
+        ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, path, NULL,
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                     gpr_time_from_millis(5000, GPR_TIMESPAN)),
+        NULL);
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = s->send_bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &s->recv_bb;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &s->trail_md;
+    ops[5].data.recv_status_on_client.status = &s->code;
+    ops[5].data.recv_status_on_client.status_details = &s->details;
+    if (s->call == NULL ||
+        grpc_call_start_batch(s->call, ops, 6, s, NULL) != GRPC_CALL_OK)
+        return -1;
+    return 0;
+}
+
+/* The call in `s` completed: count it and release it. */
+static void slot_finish(worker *w, slot *s, bool success)
+{
+    w->lat_ms[w->n++] = (double)(mono_ns() - s->t0) / 1e6;
+    if (success && s->code == GRPC_STATUS_OK && s->recv_bb) {
+        grpc_byte_buffer_reader r;
+        grpc_slice all;
+        Polis__V1__CheckResponse *resp = NULL;
+
+        if (grpc_byte_buffer_reader_init(&r, s->recv_bb)) {
+            all = grpc_byte_buffer_reader_readall(&r);
+            resp = polis__v1__check_response__unpack(
+                NULL, GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
+            grpc_slice_unref(all);
+            grpc_byte_buffer_reader_destroy(&r);
+        }
+        if (resp == NULL)
+            w->errors++;
+        else if (resp->allowed)
+            w->allowed++;
+        if (resp)
+            polis__v1__check_response__free_unpacked(resp, NULL);
+    } else {
+        w->errors++;
+    }
+    grpc_call_unref(s->call);
+    s->call = NULL;
+    grpc_byte_buffer_destroy(s->send_bb);
+    if (s->recv_bb)
+        grpc_byte_buffer_destroy(s->recv_bb);
+    grpc_slice_unref(s->details);
+    grpc_metadata_array_destroy(&s->init_md);
+    grpc_metadata_array_destroy(&s->trail_md);
+}
+
+/*
+ * `calls` calls in flight on one completion queue and one connection of
+ * its own: as soon as one answers, the next starts.  Each decision's
+ * latency is still from its start to its answer as this thread saw it,
+ * waits behind the other answers included.
+ */
+static void *async_worker_main(void *arg)
+{
+    worker *w = arg;
+    request_mix mix = {.seed = 12345u + (unsigned)w->index * 7919u};
+    grpc_arg a;
+    grpc_channel_args args = {.num_args = 1, .args = &a};
+    grpc_channel_credentials *creds;
+    grpc_channel *ch;
+    grpc_completion_queue *cq;
+    slot *slots = calloc((size_t)w->calls, sizeof(*slots));
+    int in_flight = 0;
+    bool stopping = false;
+
+    grpc_init(); /* gRPC directly, beside common/rpc.c's own use */
+    /* Each client thread on a connection of its own, as separate client
+     * processes would be; gRPC otherwise shares one per target. */
+    a = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                   .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
+                   .value.integer = 1};
+    creds = grpc_insecure_credentials_create();
+    ch = grpc_channel_create(w->target, creds, &args);
+    grpc_channel_credentials_release(creds);
+    cq = grpc_completion_queue_create_for_next(NULL);
+    for (int i = 0; slots && i < w->calls; i++) {
+        if (slot_start(w, ch, cq, &slots[i], &mix) != 0) {
+            w->errors++;
+            break;
+        }
+        in_flight++;
+    }
+    while (in_flight > 0) {
+        grpc_event ev = grpc_completion_queue_next(
+            cq,
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                         gpr_time_from_millis(10000, GPR_TIMESPAN)),
+            NULL);
+        slot *s = ev.tag;
+
+        if (ev.type != GRPC_OP_COMPLETE) {
+            /* Nothing for 10 s, past the calls' 5 s deadline: cancel what
+             * is left (each then completes) and stop. */
+            w->errors++;
+            stopping = true;
+            for (int i = 0; i < w->calls; i++)
+                if (slots[i].call)
+                    grpc_call_cancel(slots[i].call, NULL);
+            continue;
+        }
+        in_flight--;
+        slot_finish(w, s, ev.success);
+        if (!stopping && mono_ns() < w->until_ns &&
+            w->n + (size_t)w->calls < MAX_SAMPLES) {
+            if (slot_start(w, ch, cq, s, &mix) != 0)
+                w->errors++;
+            else
+                in_flight++;
+        }
+    }
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+                                      NULL)
+               .type != GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    grpc_channel_destroy(ch);
+    free(slots);
+    grpc_shutdown();
+    return NULL;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -373,6 +595,17 @@ int main(int argc, char **argv)
     int threads = env_int("BENCH_THREADS", 8, 1, MAX_THREADS);
     int seconds = env_int("BENCH_SECONDS", 5, 1, 120);
     int rules = env_int("BENCH_RULES", 10000, 1, 100000);
+    /* 0: the sidecar's default --grpc-workers */
+    int sidecar_workers = env_int("BENCH_SIDECAR_WORKERS", 0, 0, 64);
+    /* 1: ask for the explanation and decision JSON (people's path) */
+    bool explain = env_int("BENCH_EXPLAIN", 0, 0, 1) == 1;
+    /* The load generator: "async" (default), `threads` calls in flight on
+     * BENCH_CLIENT_THREADS threads with completion queues; or "unary",
+     * one thread per call in flight, each blocking in rpc_unary. */
+    const char *client = getenv("BENCH_CLIENT");
+    bool async = client == NULL || strcmp(client, "unary") != 0;
+    int nworkers =
+        async ? env_int("BENCH_CLIENT_THREADS", 1, 1, threads) : threads;
     cpenv *cp = NULL;
     sidecarenv *sc = NULL;
     rpc_channel *gov = NULL;
@@ -381,14 +614,18 @@ int main(int argc, char **argv)
     size_t total = 0, k = 0;
     long allowed = 0, errors = 0;
     int64_t rev, t0, elapsed;
-    double sc_cpu0, me_cpu0;
+    double sc_cpu0, me_cpu0, all_cpu0, sc_cpu, me_cpu, secs;
+    char workers_arg[32];
+    const char *extra[3] = {NULL};
     int rc = 1;
     sidecarenv_options so = {.domain = DOMAIN, .id = "bench-sidecar"};
 
     (void)argv;
     if (argc > 1) {
         fprintf(stderr, "usage: [BENCH_THREADS=8] [BENCH_SECONDS=5] "
-                        "[BENCH_RULES=10000] bench_check\n");
+                        "[BENCH_RULES=10000] [BENCH_CLIENT=async|unary] "
+                        "[BENCH_CLIENT_THREADS=1] [BENCH_EXPLAIN=0|1] "
+                        "[BENCH_SIDECAR_WORKERS=n] bench_check\n");
         return 2;
     }
     memset(w, 0, sizeof(w));
@@ -402,6 +639,12 @@ int main(int argc, char **argv)
            (double)(mono_ns() - t0) / 1e6);
     so.controlplane = cp->grpc_target;
     so.wait_ready = true;
+    if (sidecar_workers > 0) {
+        snprintf(workers_arg, sizeof(workers_arg), "%d", sidecar_workers);
+        extra[0] = "--grpc-workers";
+        extra[1] = workers_arg;
+        so.extra_args = extra;
+    }
     t0 = mono_ns();
     sc = sidecarenv_start(&so);
     if (sc == NULL || wait_synced(gov, so.id, rev) != 0)
@@ -411,39 +654,59 @@ int main(int argc, char **argv)
 
     sc_cpu0 = cpu_seconds(testenv_proc_pid(sc->proc));
     me_cpu0 = cpu_seconds(getpid());
+    all_cpu0 = machine_busy_seconds();
     t0 = mono_ns();
-    for (int i = 0; i < threads; i++) {
+    for (int i = 0; i < nworkers; i++) {
         w[i].target = sc->grpc_target;
+        w[i].explain = explain;
         w[i].index = i;
+        /* `threads` calls in flight in all, spread over the workers */
+        w[i].calls = threads / nworkers + (i < threads % nworkers);
         w[i].until_ns = t0 + (int64_t)seconds * 1000000000LL;
         w[i].lat_ms = malloc(MAX_SAMPLES * sizeof(double));
         if (w[i].lat_ms == NULL ||
-            pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
+            pthread_create(&w[i].thread, NULL,
+                           async ? async_worker_main : unary_worker_main,
+                           &w[i]) != 0) {
             fprintf(stderr, "bench: cannot start client thread %d\n", i);
             for (int j = 0; j < i; j++)
                 pthread_join(w[j].thread, NULL);
             goto out;
         }
     }
-    for (int i = 0; i < threads; i++) {
+    for (int i = 0; i < nworkers; i++) {
         pthread_join(w[i].thread, NULL);
         total += w[i].n;
         allowed += w[i].allowed;
         errors += w[i].errors;
     }
     elapsed = mono_ns() - t0;
-    /* Where the 2 cores went: the sidecar, or this load generator. */
-    printf("bench: check_sidecar_cpu %.2f cores\n",
-           (cpu_seconds(testenv_proc_pid(sc->proc)) - sc_cpu0) /
-               ((double)elapsed / 1e9));
-    printf("bench: check_client_cpu %.2f cores\n",
-           (cpu_seconds(getpid()) - me_cpu0) / ((double)elapsed / 1e9));
+    secs = (double)elapsed / 1e9;
+    sc_cpu = cpu_seconds(testenv_proc_pid(sc->proc)) - sc_cpu0;
+    me_cpu = cpu_seconds(getpid()) - me_cpu0;
+    /* Where the cores went: the sidecar, or this load generator. */
+    printf("bench: check_sidecar_cpu %.2f cores\n", sc_cpu / secs);
+    printf("bench: check_client_cpu %.2f cores\n", me_cpu / secs);
+    /* Everything busy, other processes included: a figure near the core
+     * count means the run was CPU-bound, and what the sidecar and client
+     * do not account for is somebody else's load. */
+    printf("bench: check_machine_cpu %.2f cores of %ld\n",
+           (machine_busy_seconds() - all_cpu0) / secs,
+           sysconf(_SC_NPROCESSORS_ONLN));
+    /* CPU per decision: unlike decisions/s, it holds steady when other
+     * work shares the machine. */
+    if (total > 0) {
+        printf("bench: check_sidecar_cpu_per_decision %.1f us\n",
+               sc_cpu * 1e6 / (double)total);
+        printf("bench: check_client_cpu_per_decision %.1f us\n",
+               me_cpu * 1e6 / (double)total);
+    }
     all = malloc((total ? total : 1) * sizeof(double));
     if (all == NULL || total == 0) {
         fprintf(stderr, "bench: no decisions measured\n");
         goto out;
     }
-    for (int i = 0; i < threads; i++) {
+    for (int i = 0; i < nworkers; i++) {
         memcpy(all + k, w[i].lat_ms, w[i].n * sizeof(double));
         k += w[i].n;
     }
@@ -466,7 +729,7 @@ out:
         sidecarenv_dump_log(sc, 3000);
     if (rc && cp)
         cpenv_dump_log(cp, 3000);
-    for (int i = 0; i < threads; i++)
+    for (int i = 0; i < MAX_THREADS; i++)
         free(w[i].lat_ms);
     free(all);
     sidecarenv_free(sc);
