@@ -130,6 +130,9 @@ int cmd_check(cli_ctx *ctx, const cli_args *args);
 /* cmd_sidecars.c: the sidecars' sync status (Governance.Sidecars). */
 int cmd_sidecars(cli_ctx *ctx, const cli_args *args);
 
+/* cmd_access.c: recent access records (Governance.Access). */
+int cmd_access(cli_ctx *ctx, const cli_args *args);
+
 /*
  * Parse a number flag: an integer in [min, max].  On a bad value prints a
  * usage error naming the flag and returns CLI_EXIT_USAGE; 0 on success

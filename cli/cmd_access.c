@@ -13,8 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-/* cli.h lists the other verbs; this one is declared where it is used. */
-int cmd_access(cli_ctx *ctx, const cli_args *args);
 
 /* "2026-11-24T14:48:42.492Z", UTC. */
 static void time_format(int64_t ms, char *buf, size_t len)

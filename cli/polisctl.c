@@ -96,9 +96,6 @@ static const cli_flag access_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
-/* cmd_access.c (cli.h does not list it yet). */
-int cmd_access(cli_ctx *ctx, const cli_args *args);
-
 static const cli_flag no_flags[] = {
     {NULL, 0, NULL, NULL},
 };

@@ -41,6 +41,7 @@ typedef struct cp_config {
     int debounce_ms;
     int debounce_max_ms;
     int keepalive_ms;
+    int access_ttl_s;
     char masking_key_file[1024];
 } cp_config;
 
@@ -73,6 +74,8 @@ static const config_option cp_options[] = {
         "push at most this long after the first change of a burst"),
     OPT("keepalive-ms", CONFIG_INT, keepalive_ms, "10000", 100, 600000,
         "keepalive period on sidecar streams (3 missed: disconnected)"),
+    OPT("access-ttl-s", CONFIG_INT, access_ttl_s, "3600", 60, 30 * 86400,
+        "how long access records stay listable (polisctl access)"),
     OPT("masking-key-file", CONFIG_STRING, masking_key_file, "", 0, 0,
         "key of the hash mask; empty: one kept in etcd, made at first "
         "start"),
@@ -207,6 +210,7 @@ static int start_distribution(cp_runtime *rt, polis_error *err)
     o.debounce_ms = rt->conf.debounce_ms;
     o.debounce_max_ms = rt->conf.debounce_max_ms;
     o.keepalive_ms = rt->conf.keepalive_ms;
+    o.access_ttl_s = rt->conf.access_ttl_s;
     o.replica = replica;
     o.masking_key = key;
     o.masking_key_len = key_len;
