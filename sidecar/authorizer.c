@@ -15,7 +15,8 @@ static int check_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
     char text[1100];
     int rc, status = RPC_OK;
 
-    rc = sc_checker_check(c, req, &resp, &err);
+    /* The machine path: explain only when asked (check.proto). */
+    rc = sc_checker_decide(c, req, req->explain, &resp, &err);
     if (rc == 0) {
         rc = rpc_call_send(call, &resp.base);
         if (rc) {

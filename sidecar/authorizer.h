@@ -15,6 +15,8 @@
  * must outlive the server.  Every decision, a denial included, is status
  * OK with the CheckResponse; a bad request is INVALID_ARGUMENT (or
  * NOT_FOUND for an unknown column) with "field: reason" as the message.
+ * The explanation and decision_json come only when the request sets
+ * `explain`.
  */
 int sc_authorizer_register(rpc_server *srv, sc_checker *c, polis_error *err);
 
