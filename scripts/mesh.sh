@@ -43,7 +43,7 @@ start_sidecar() {
         --controlplane "$grpc_addr" --id "mesh-$domain" \
         --state-dir "$dir/sidecar-$domain" \
         --listen "127.0.0.1:$http" --admin-listen "127.0.0.1:$admin" \
-        --grpc-listen "127.0.0.1:$grpc" \
+        --grpc-listen "127.0.0.1:$grpc" --data-root "$dir" \
         >>"$dir/sidecar-$domain.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 50); do
@@ -79,6 +79,9 @@ up() {
     wait_ready
     echo "mesh: applying the sample resources in examples/mesh/"
     "$build/cli/polisctl" --server "$grpc_addr" apply -f "$root/examples/mesh"
+    if [ ! -f "$dir/data/sales/orders.db" ]; then
+        "$root/examples/data/generate.sh" "$dir"
+    fi
     for sc in "${sidecars[@]}"; do
         # shellcheck disable=SC2086
         start_sidecar $sc
@@ -95,9 +98,14 @@ Polis is running.  Try:
   polisctl sidecars                      # the sidecars and their snapshots
   curl -s http://$admin_addr/metrics | grep polis_
 
-The sales sidecar answers access checks the same way, from its own snapshot:
-  curl -s -X POST http://127.0.0.1:7480/v1/check \\
-    -d '{"token":"alice-token","product":"sales/orders","purpose":"analytics"}'
+The sales sidecar serves its products, governed per caller (alice: EU rows,
+e-mails and cards masked; bob: US rows; carol: everything):
+  curl -s http://127.0.0.1:7480/v1/products/sales/orders/query \\
+    -H 'Authorization: Bearer alice-token' -H 'Polis-Purpose: analytics' \\
+    -d '{"sql":"SELECT * FROM orders ORDER BY order_id LIMIT 3"}'
+  curl -s http://127.0.0.1:7480/v1/products/sales/orders/files/ \\
+    -H 'Authorization: Bearer bob-token'
+  polisctl access                        # who read what
 
 Logs: $dir/*.log   Stop: scripts/mesh.sh down
 TXT

@@ -32,7 +32,7 @@ SELECT i,
               (i * 104729) % 10000, (i * 31) % 10000),
        CASE i % 3 WHEN 0 THEN 'EU' WHEN 1 THEN 'US' ELSE 'APAC' END,
        round(10 + (i * 37 % 990) + (i % 100) / 100.0, 2),
-       date('2026-11-23', '-' || (i % 90) || ' days')
+       date('2026-11-23', '-' || (i % 89) || ' days')
 FROM n;
 SQL
 
