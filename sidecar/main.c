@@ -74,7 +74,7 @@ static const config_option sc_options[] = {
     OPT("keepalive-ms", CONFIG_INT, keepalive_ms, "10000", 100, 600000,
         "keepalive period on the control-plane stream (3 missed: "
         "reconnect)"),
-    OPT("grpc-workers", CONFIG_INT, grpc_workers, "4", 1, 64,
+    OPT("grpc-workers", CONFIG_INT, grpc_workers, "1", 1, 64,
         "gRPC worker threads answering Authorizer.Check"),
     OPT("http-workers", CONFIG_INT, http_workers, "4", 1, SC_HTTP_MAX_WORKERS,
         "HTTP event loops (threads) on --listen; a query occupies one "

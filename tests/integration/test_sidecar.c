@@ -395,6 +395,7 @@ static void test_grpc_agrees(void)
     req.product = "sales/orders";
     req.port = "query";
     req.purpose = "analytics";
+    req.explain = true; /* decision_json is asserted below */
     CU_ASSERT_EQUAL_FATAL(rpc_unary(ch, &polis__v1__authorizer__descriptor,
                                     "Check", &req.base, &resp, NULL, 0, 5000,
                                     &st),
