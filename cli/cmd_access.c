@@ -13,7 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-
 /* "2026-11-24T14:48:42.492Z", UTC. */
 static void time_format(int64_t ms, char *buf, size_t len)
 {
