@@ -539,11 +539,122 @@ static void positive_int(vctx *c, const json_t *obj, const char *base,
         fail(c, join(path, base, key), "must be greater than 0");
 }
 
+/* ---- PostgreSQL query ports ---- */
+
+#define ROLE_RULE "use letters, digits and '_', not starting with a digit"
+
+/*
+ * A libpq keyword/value connection string, scanned only as far as needed
+ * to refuse what must not be in an etcd document: a password (secrets live
+ * in the sidecar's passfile) and a user (the sidecar appends the port's
+ * two roles).  The URI form is refused so that what the sidecar appends
+ * keeps its meaning.
+ */
+static void validate_dsn(vctx *c, const char *dsn, const char *path)
+{
+    const char *p = dsn;
+
+    if (strncmp(dsn, "postgresql://", 13) == 0 ||
+        strncmp(dsn, "postgres://", 11) == 0) {
+        fail(c, path,
+             "use the keyword=value form (host=db dbname=sales), not a URI");
+        return;
+    }
+    for (;;) {
+        char key[64];
+        size_t n = 0;
+
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            return;
+        while (isalnum((unsigned char)*p) || *p == '_') {
+            if (n + 1 < sizeof(key))
+                key[n] = (char)tolower((unsigned char)*p);
+            n++;
+            p++;
+        }
+        key[n < sizeof(key) ? n : sizeof(key) - 1] = '\0';
+        while (isspace((unsigned char)*p))
+            p++;
+        if (n == 0 || *p != '=') {
+            fail(c, path,
+                 "not a libpq connection string: expected keyword=value at "
+                 "\"%.32s\"",
+                 p);
+            return;
+        }
+        p++;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\'') {
+            for (p++; *p && *p != '\''; p++)
+                if (*p == '\\' && p[1])
+                    p++;
+            if (*p != '\'') {
+                fail(c, path, "unterminated quoted value of %s", key);
+                return;
+            }
+            p++;
+        } else {
+            while (*p && !isspace((unsigned char)*p)) {
+                if (*p == '\\' && p[1])
+                    p++;
+                p++;
+            }
+        }
+        if (strcmp(key, "password") == 0) {
+            fail(c, path,
+                 "no password in a resource: the sidecar reads it from its "
+                 "passfile (PGPASSFILE or ~/.pgpass)");
+            return;
+        }
+        if (strcmp(key, "user") == 0) {
+            fail(c, path,
+                 "no user in the dsn: name the roles with ownerUser and "
+                 "queryUser");
+            return;
+        }
+    }
+}
+
+static void validate_pg(vctx *c, const json_t *port, const char *base,
+                        const char *dsn)
+{
+    char path[PATH_MAX_LEN];
+    const char *owner, *query;
+
+    if (dsn)
+        validate_dsn(c, dsn, join(path, base, "dsn"));
+    owner = string_member(c, port, base, "ownerUser", false, 63);
+    if (owner && !is_identifier(owner))
+        fail(c, join(path, base, "ownerUser"), "invalid role \"%s\": %s", owner,
+             ROLE_RULE);
+    query = string_member(c, port, base, "queryUser", false, 63);
+    if (query && !is_identifier(query))
+        fail(c, join(path, base, "queryUser"), "invalid role \"%s\": %s", query,
+             ROLE_RULE);
+    if (strcmp(owner ? owner : "polis_owner", query ? query : "polis_query") ==
+        0)
+        fail(c, join(path, base, "queryUser"),
+             "the query role must not be the owner role");
+}
+
+static void no_pg_users(vctx *c, const json_t *port, const char *base)
+{
+    char path[PATH_MAX_LEN];
+
+    if (json_object_get(port, "ownerUser"))
+        fail(c, join(path, base, "ownerUser"), "not used with engine sqlite");
+    if (json_object_get(port, "queryUser"))
+        fail(c, join(path, base, "queryUser"), "not used with engine sqlite");
+}
+
 static void validate_port(vctx *c, const json_t *port, const char *base)
 {
     static const char *const query_fields[] = {
-        "name",     "type", "description", "engine",
-        "database", "dsn",  "table",       NULL};
+        "name", "type",  "description", "engine",    "database",
+        "dsn",  "table", "ownerUser",   "queryUser", NULL};
     static const char *const file_fields[] = {
         "name", "type", "description", "directory", "format", NULL};
     static const char *const event_fields[] = {
@@ -575,10 +686,14 @@ static void validate_port(vctx *c, const json_t *port, const char *base)
             bool sqlite = strcmp(engine, "sqlite") == 0;
             const char *need = sqlite ? "database" : "dsn";
             const char *other = sqlite ? "dsn" : "database";
-            string_member(c, port, base, need, true, TEXT_MAX);
+            s = string_member(c, port, base, need, true, TEXT_MAX);
             if (json_object_get(port, other))
                 fail(c, join(path, base, other),
                      "not used with engine %s (use %s)", engine, need);
+            if (sqlite)
+                no_pg_users(c, port, base);
+            else
+                validate_pg(c, port, base, s);
         }
         s = string_member(c, port, base, "table", true, 63);
         if (s && !is_identifier(s))

@@ -11,6 +11,7 @@
 #include "common/admin_http.h"
 #include "policy/api/check.h"
 #include "sidecar/file_port.h"
+#include "sidecar/query_pg.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -47,6 +48,11 @@ typedef struct worker {
     struct evhttp *http;
     pthread_t thread;
     int started;
+    /* The last PostgreSQL sessions this loop used, kept for the next
+     * query to the same database (a connection pair costs two logins and
+     * view creation); only this loop's thread touches them. */
+    pgq_conn *pg;
+    char pg_key[2 * 2048 + 2]; /* owner dsn NUL query dsn */
 } worker;
 
 struct sc_http {
@@ -304,6 +310,7 @@ static int64_t mono_us(void)
  */
 typedef struct preq {
     sc_http *h;
+    worker *w; /* the loop serving it */
     struct evhttp_request *req;
     int64_t start_us;
     pol_port port;
@@ -862,6 +869,51 @@ static int parse_query_body(struct evhttp_request *req, json_t **body,
     return 0;
 }
 
+/*
+ * The PostgreSQL sessions for `port` on loop `w`: the loop's cached pair
+ * when it is for the same connection strings, else a new pair (the old one
+ * is closed: one pair per loop bounds the database connections to two per
+ * loop).  The caller hands it back with pg_release.
+ */
+static int pg_session(worker *w, const json_t *port, pgq_conn **out,
+                      polis_error *err)
+{
+    char owner[2048], query[2048], key[sizeof(w->pg_key)];
+    size_t n;
+    int rc;
+
+    if ((rc = sc_ports_pg_dsns(port, owner, query, sizeof(owner), err)))
+        return rc;
+    n = strlen(owner);
+    memcpy(key, owner, n + 1);
+    memcpy(key + n + 1, query, strlen(query) + 1);
+    if (w->pg && memcmp(w->pg_key, key, n + 2 + strlen(query)) == 0) {
+        *out = w->pg;
+        w->pg = NULL;
+        return 0;
+    }
+    pgq_close(w->pg);
+    w->pg = NULL;
+    if ((rc = pgq_open(owner, query, out, err)) != 0)
+        return rc;
+    memcpy(w->pg_key, key, n + 2 + strlen(query));
+    return 0;
+}
+
+/* Keep the sessions for the next query unless the query may have left
+ * them unusable (the server went away, the consumer hung up mid-fetch, an
+ * unexpected failure): then close them, the next query reconnects. */
+static void pg_release(worker *w, pgq_conn *pg, int rc)
+{
+    if (rc == 0 || rc == POLIS_EDENIED || rc == POLIS_EINVAL ||
+        rc == POLIS_ETOOBIG || rc == POLIS_ETIMEDOUT) {
+        pgq_close(w->pg);
+        w->pg = pg;
+    } else {
+        pgq_close(pg);
+    }
+}
+
 static void handle_query(preq *p)
 {
     const char *engine =
@@ -876,16 +928,19 @@ static void handle_query(preq *p)
     qsink s = {.p = p};
     sq_stats stats = {0};
     sq_conn *conn = NULL;
+    pgq_conn *pg = NULL;
     polis_error err = {0};
     json_t *body = NULL;
     const json_t *params = NULL;
     const char *sql = NULL, *error;
     char path[4096], detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
+    bool postgres = engine && strcmp(engine, "postgresql") == 0;
     int rc, status;
 
-    if (engine == NULL || strcmp(engine, "sqlite") != 0) {
+    if (engine == NULL || (!postgres && strcmp(engine, "sqlite") != 0)) {
         snprintf(detail, sizeof(detail),
-                 "the %s engine is not served by this sidecar (sqlite only)",
+                 "the %s engine is not served by this sidecar (sqlite, "
+                 "postgresql)",
                  engine ? engine : "(none)");
         fail(p, 501, "not implemented", detail);
         return;
@@ -896,12 +951,17 @@ static void handle_query(preq *p)
         json_decref(body);
         return;
     }
-    if (database == NULL || product.table == NULL ||
-        sc_ports_resolve(p->h->o.ports, database, path, sizeof(path), &err) ||
-        sq_open(path, &conn, &err) != 0) {
+    if (postgres ? product.table == NULL ||
+                       pg_session(p->w, p->port_doc, &pg, &err) != 0
+                 : database == NULL || product.table == NULL ||
+                       sc_ports_resolve(p->h->o.ports, database, path,
+                                        sizeof(path), &err) ||
+                       sq_open(path, &conn, &err) != 0) {
         if (err.code == 0)
             polis_error_set(&err, POLIS_EINVAL, NULL,
-                            "the query port lacks database or table");
+                            postgres ? "the query port lacks a table"
+                                     : "the query port lacks database or "
+                                       "table");
         fail_err(p, 503, "unavailable", &err);
         json_decref(body);
         return;
@@ -910,12 +970,22 @@ static void handle_query(preq *p)
     s.buf = evbuffer_new();
     s.timeout_ms = p->h->o.write_timeout_ms;
     sink.ctx = &s;
-    rc = s.buf ? sq_query(conn, &product, p->decision,
-                          pol_engine_mask_key(sc_snapshot_engine(p->snap)),
-                          &p->subject.subject, &p->expr_req, sql, params,
-                          &p->h->o.query, &sink, &stats, &err)
-               : polis_error_set(&err, POLIS_ENOMEM, NULL, NULL);
+    if (s.buf == NULL)
+        rc = polis_error_set(&err, POLIS_ENOMEM, NULL, NULL);
+    else if (postgres) {
+        size_t key_len;
+        const void *key = sc_snapshot_masking_key(p->snap, &key_len);
+        rc = pgq_query(pg, &product, p->decision, key, key_len,
+                       &p->subject.subject, &p->expr_req, sql, params,
+                       &p->h->o.query, &sink, &stats, &err);
+    } else
+        rc = sq_query(conn, &product, p->decision,
+                      pol_engine_mask_key(sc_snapshot_engine(p->snap)),
+                      &p->subject.subject, &p->expr_req, sql, params,
+                      &p->h->o.query, &sink, &stats, &err);
     sq_close(conn);
+    if (pg)
+        pg_release(p->w, pg, rc);
     json_decref(body);
     if (rc == 0) {
         if (!s.csv)
@@ -1210,9 +1280,10 @@ static size_t segment(const char *s)
     return n;
 }
 
-static void handle_product(sc_http *h, struct evhttp_request *req,
+static void handle_product(worker *w, struct evhttp_request *req,
                            const char *path)
 {
+    sc_http *h = w->h;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const char *s = path + strlen("/v1/products/"), *rest, *file = NULL;
     size_t dn = segment(s), pn;
@@ -1224,6 +1295,7 @@ static void handle_product(sc_http *h, struct evhttp_request *req,
         return;
     }
     p->h = h;
+    p->w = w;
     p->req = req;
     p->fd = -1;
     p->start_us = mono_us();
@@ -1280,11 +1352,12 @@ static void handle_product(sc_http *h, struct evhttp_request *req,
 
 static void handle_request(struct evhttp_request *req, void *arg)
 {
-    sc_http *h = arg;
+    worker *w = arg;
+    sc_http *h = w->h;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
 
     if (path && strncmp(path, "/v1/products/", 13) == 0) {
-        handle_product(h, req, path);
+        handle_product(w, req, path);
         return;
     }
     if (path == NULL || strcmp(path, "/v1/check") != 0) {
@@ -1345,12 +1418,14 @@ static int worker_init(sc_http *h, worker *w)
         w->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
                      EVHTTP_REQ_OPTIONS);
-    evhttp_set_gencb(w->http, handle_request, h);
+    evhttp_set_gencb(w->http, handle_request, w);
     return 0;
 }
 
 static void worker_free(worker *w)
 {
+    pgq_close(w->pg);
+    w->pg = NULL;
     if (w->http)
         evhttp_free(w->http);
     if (w->base)

@@ -9,7 +9,9 @@
 #include "sidecar/ports.h"
 #include "sidecar/snapshot_store.h"
 
+#include <ctype.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,5 +171,46 @@ int sc_ports_resolve(const sc_ports *p, const char *path, char *buf, size_t len,
         n = snprintf(buf, len, "%s/%s", p->data_root, path);
     if (n < 0 || (size_t)n >= len)
         return polis_error_set(err, POLIS_ETOOBIG, path, "path too long");
+    return 0;
+}
+
+/* Only identifiers, so that the quoted value needs no escaping and means
+ * the same to libpq as it does to the resource checks. */
+static bool role_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 63 || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '_'))
+            return false;
+    return true;
+}
+
+int sc_ports_pg_dsns(const json_t *port, char *owner_dsn, char *query_dsn,
+                     size_t len, polis_error *err)
+{
+    const char *dsn = json_string_value(json_object_get(port, "dsn"));
+    const char *owner = json_string_value(json_object_get(port, "ownerUser"));
+    const char *query = json_string_value(json_object_get(port, "queryUser"));
+    int n1, n2;
+
+    if (owner == NULL)
+        owner = SC_PORTS_PG_OWNER_USER;
+    if (query == NULL)
+        query = SC_PORTS_PG_QUERY_USER;
+    if (dsn == NULL)
+        return polis_error_set(err, POLIS_EINVAL, "dsn",
+                               "the postgresql query port has no dsn");
+    if (!role_ok(owner) || !role_ok(query))
+        return polis_error_set(err, POLIS_EINVAL, "ownerUser",
+                               "the port's roles must be plain identifiers");
+    /* libpq takes the last of a repeated keyword, so the role appended
+     * here is the one used even if a dsn slipped past validation. */
+    n1 = snprintf(owner_dsn, len, "%s user='%s'", dsn, owner);
+    n2 = snprintf(query_dsn, len, "%s user='%s'", dsn, query);
+    if (n1 < 0 || (size_t)n1 >= len || n2 < 0 || (size_t)n2 >= len)
+        return polis_error_set(err, POLIS_ETOOBIG, "dsn", "dsn too long");
     return 0;
 }

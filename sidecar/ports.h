@@ -50,4 +50,19 @@ const json_t *sc_ports_find(const json_t *doc, const char *type);
 int sc_ports_resolve(const sc_ports *p, const char *path, char *buf, size_t len,
                      polis_error *err);
 
+/* The roles of a postgresql query port without ownerUser / queryUser. */
+#define SC_PORTS_PG_OWNER_USER "polis_owner"
+#define SC_PORTS_PG_QUERY_USER "polis_query"
+
+/*
+ * The two libpq connection strings of a postgresql query port: its `dsn`
+ * (host, port, dbname...; never a user or password, see common/resource.c)
+ * with ` user='<ownerUser>'` and ` user='<queryUser>'` appended (defaults
+ * above).  Passwords come from the sidecar's passfile.  POLIS_EINVAL when
+ * the port has no dsn or a role is not a plain identifier, POLIS_ETOOBIG
+ * when a string does not fit in len bytes.
+ */
+int sc_ports_pg_dsns(const json_t *port, char *owner_dsn, char *query_dsn,
+                     size_t len, polis_error *err);
+
 #endif

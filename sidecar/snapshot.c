@@ -6,6 +6,7 @@
  */
 #include "sidecar/snapshot.h"
 
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -21,6 +22,10 @@ struct sc_snapshot {
     pol_engine *engine;
     json_t *principal_docs; /* the Principal documents, indexed below */
     sc_principals *principals;
+    /* The raw masking key: the PostgreSQL engine computes hash masks in
+     * the database (pgcrypto), which needs the key, not HMAC states. */
+    unsigned char *masking_key;
+    size_t masking_key_len;
 };
 
 static void snapshot_free(sc_snapshot *s)
@@ -28,6 +33,10 @@ static void snapshot_free(sc_snapshot *s)
     pol_engine_free(s->engine);
     sc_principals_free(s->principals);
     json_decref(s->principal_docs);
+    if (s->masking_key) {
+        OPENSSL_cleanse(s->masking_key, s->masking_key_len);
+        free(s->masking_key);
+    }
     free(s);
 }
 
@@ -101,6 +110,13 @@ int sc_snapshot_compile(const Polis__V1__Snapshot *pb, const char *domain,
     if (pb->masking_key.len > 0) {
         eo.hmac_key = pb->masking_key.data;
         eo.hmac_key_len = pb->masking_key.len;
+        s->masking_key = malloc(pb->masking_key.len);
+        if (s->masking_key == NULL) {
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            goto fail;
+        }
+        memcpy(s->masking_key, pb->masking_key.data, pb->masking_key.len);
+        s->masking_key_len = pb->masking_key.len;
     }
     if ((rc = pol_engine_build(docs, &eo, &s->engine, err)) != 0)
         goto fail;
@@ -156,6 +172,12 @@ int64_t sc_snapshot_revision(const sc_snapshot *s)
 size_t sc_snapshot_resource_count(const sc_snapshot *s)
 {
     return s->nresources;
+}
+
+const void *sc_snapshot_masking_key(const sc_snapshot *s, size_t *len)
+{
+    *len = s->masking_key_len;
+    return s->masking_key;
 }
 
 /* ---- slot ---- */

@@ -42,6 +42,9 @@ const char *sc_snapshot_digest(const sc_snapshot *s);
 const char *sc_snapshot_domain(const sc_snapshot *s);
 int64_t sc_snapshot_revision(const sc_snapshot *s);
 size_t sc_snapshot_resource_count(const sc_snapshot *s);
+/* The snapshot's raw masking key (*len bytes), or NULL (*len 0) when it
+ * has none; the key the engine's pol_engine_mask_key was prepared from. */
+const void *sc_snapshot_masking_key(const sc_snapshot *s, size_t *len);
 
 /* ---- the snapshot in force ---- */
 

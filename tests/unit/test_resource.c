@@ -36,6 +36,9 @@ static const char product_yaml[] =
              "    - {name: stream, type: event, retentionBytes: 1000,"
              " retentionHours: 24, fsync: always}\n"
              "    - {name: api, type: http, upstream: 'https://x:8443/v1'}\n"
+             "    - {name: pg2, type: query, engine: postgresql,"
+             " dsn: \"host = db port=5433 dbname='sales x'\","
+             " ownerUser: sales_owner, queryUser: sales_query, table: orders}\n"
              "  schema:\n"
              "    - {name: order_id, type: integer}\n"
              "    - {name: email, type: string,"
@@ -393,6 +396,47 @@ static void test_port_errors(void)
                          "orders.yaml: spec.ports[1].table: invalid table "
                          "\"orders; drop\": use letters, digits and '_', not "
                          "starting with a digit");
+    expect_product_error("dsn: 'host=db dbname=sales'",
+                         "dsn: 'host=db password=hunter2 dbname=sales'",
+                         "orders.yaml: spec.ports[1].dsn: no password in a "
+                         "resource: the sidecar reads it from its passfile "
+                         "(PGPASSFILE or ~/.pgpass)");
+    expect_product_error("dsn: 'host=db dbname=sales'",
+                         "dsn: \"host=db PassWord = 'a b\\\\' c'\"",
+                         "orders.yaml: spec.ports[1].dsn: no password in a "
+                         "resource: the sidecar reads it from its passfile "
+                         "(PGPASSFILE or ~/.pgpass)");
+    expect_product_error("dsn: 'host=db dbname=sales'",
+                         "dsn: \"host=db application_name='x user=y' "
+                         "user=postgres\"",
+                         "orders.yaml: spec.ports[1].dsn: no user in the dsn: "
+                         "name the roles with ownerUser and queryUser");
+    expect_product_error("dsn: 'host=db dbname=sales'",
+                         "dsn: 'postgresql://u:pw@db/sales'",
+                         "orders.yaml: spec.ports[1].dsn: use the "
+                         "keyword=value form (host=db dbname=sales), not a "
+                         "URI");
+    expect_product_error("dsn: 'host=db dbname=sales'", "dsn: 'host=db sales'",
+                         "orders.yaml: spec.ports[1].dsn: not a libpq "
+                         "connection string: expected keyword=value at "
+                         "\"\"");
+    expect_product_error("dsn: 'host=db dbname=sales'",
+                         "dsn: \"host='db dbname=sales\"",
+                         "orders.yaml: spec.ports[1].dsn: unterminated quoted "
+                         "value of host");
+    expect_product_error("dsn: 'host=db dbname=sales',",
+                         "dsn: 'host=db dbname=sales', ownerUser: \"a b\",",
+                         "orders.yaml: spec.ports[1].ownerUser: invalid role "
+                         "\"a b\": use letters, digits and '_', not "
+                         "starting with a digit");
+    expect_product_error("dsn: 'host=db dbname=sales',",
+                         "dsn: 'host=db dbname=sales', queryUser: polis_owner,",
+                         "orders.yaml: spec.ports[1].queryUser: the query "
+                         "role must not be the owner role");
+    expect_product_error("database: /data/orders.db,",
+                         "database: /data/orders.db, queryUser: q,",
+                         "orders.yaml: spec.ports[0].queryUser: not used "
+                         "with engine sqlite");
     expect_product_error("retentionBytes: 1000", "retentionBytes: -1",
                          "orders.yaml: spec.ports[3].retentionBytes: must be "
                          "greater than 0");
