@@ -129,6 +129,14 @@ static long query(const char *token, const char *sql, json_t **out)
     return query_as(token, sql, NULL, out, NULL);
 }
 
+static const char *jstr_at(const json_t *rows_, size_t r, size_t c)
+{
+    const char *v =
+        json_string_value(json_array_get(json_array_get(rows_, r), c));
+
+    return v ? v : "";
+}
+
 static const char *jstr(const json_t *o, const char *k)
 {
     const char *v = json_string_value(json_object_get(o, k));
@@ -271,12 +279,33 @@ static const char *const policy_doc =
     "[\"group:analysts\"],\"resources\":[\"sales/*\"],\"filter\":"
     "\"region == subject.region\"}]}}";
 
+/* A query port whose query role is a superuser, and one whose server
+ * does not listen: both must be 503, never served. */
+static const char *const bad_fmt =
+    "{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\",\"metadata\":"
+    "{\"name\":\"%s\"},\"spec\":{\"domain\":\"sales\",\"ports\":["
+    "{\"name\":\"sql\",\"type\":\"query\",\"engine\":\"postgresql\","
+    "\"dsn\":\"host=127.0.0.1 port=%d dbname=products connect_timeout=3\","
+    "\"queryUser\":\"%s\",\"table\":\"orders\"}],\"schema\":["
+    "{\"name\":\"order_id\",\"type\":\"integer\"},"
+    "{\"name\":\"region\",\"type\":\"string\"}]}}";
+
+static int apply_bad(const char *name, int port, const char *query_user)
+{
+    char doc[1024];
+
+    snprintf(doc, sizeof(doc), bad_fmt, name, port, query_user);
+    return apply1(doc) > 0 ? 0 : -1;
+}
+
 static int suite_init(void)
 {
     static const char *const cp_args[] = {"--debounce-ms", "20", NULL};
     cpenv_options o = {.extra_args = cp_args};
     sidecarenv_options so = {.domain = "sales", .id = "sales-ports-pg-1"};
-    const char *sc_args[] = {"--data-root", NULL, NULL};
+    const char *sc_args[] = {
+        "--data-root", NULL, "--query-max-rows", "20000", "--query-timeout-ms",
+        "2000",        NULL};
     char product[2048];
     json_t *ans = NULL;
     int64_t start;
@@ -297,7 +326,9 @@ static int suite_init(void)
                "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
                "}}") < 0 ||
         apply1(product) < 0 || apply_principal("alice", "EU", ALICE) ||
-        apply_principal("bob", "US", BOB) || apply1(policy_doc) < 0)
+        apply_principal("bob", "US", BOB) || apply1(policy_doc) < 0 ||
+        apply_bad("unsafe", pgenv_port(pg), "postgres") ||
+        apply_bad("down", testenv_free_port(), "polis_query"))
         goto fail;
     sc_args[1] = root;
     so.controlplane = cp->grpc_target;
@@ -478,6 +509,129 @@ static void test_hash_matches_file_port(void)
     json_decref(ans);
 }
 
+static void expect_unavailable(const char *product, const char *needle)
+{
+    char path[256];
+    body b = {0};
+    json_t *ans;
+    long st;
+
+    snprintf(path, sizeof(path), "/v1/products/sales/%s/query", product);
+    st = http(path, ALICE, NULL, "{\"sql\":\"SELECT order_id FROM orders\"}",
+              &b);
+    CU_ASSERT_EQUAL(st, 503);
+    ans = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    CU_ASSERT_STRING_EQUAL(jstr(ans, "error"), "unavailable");
+    if (strstr(jstr(ans, "detail"), needle) == NULL) {
+        fprintf(stderr, "\n%s: detail \"%s\" lacks \"%s\"\n", product,
+                jstr(ans, "detail"), needle);
+        CU_FAIL("detail");
+    }
+    json_decref(ans);
+    free(b.data);
+}
+
+static void test_unsafe_or_down_is_503(void)
+{
+    expect_unavailable("unsafe", "must not be the owner role, a superuser");
+    expect_unavailable("down", "127.0.0.1");
+    /* The loop's sessions for the good product come back. */
+    expect_region(ALICE, "EU");
+}
+
+/* More than 64 KiB: streamed in chunks; cut at --query-max-rows. */
+static void test_streamed_truncated(void)
+{
+    json_t *ans = NULL;
+    const json_t *rws;
+
+    CU_ASSERT_EQUAL_FATAL(query(ALICE,
+                                "SELECT o.order_id, o.email, g FROM orders o, "
+                                "generate_series(1, 10000) g",
+                                &ans),
+                          200);
+    rws = json_object_get(ans, "rows");
+    CU_ASSERT_EQUAL(json_array_size(rws), 20000);
+    CU_ASSERT(json_is_true(json_object_get(ans, "truncated")));
+    CU_ASSERT_PTR_NULL(json_object_get(ans, "error"));
+    CU_ASSERT_STRING_EQUAL(jstr_at(rws, 19999, 1), "****@example.com");
+    json_decref(ans);
+}
+
+static void test_timeout(void)
+{
+    json_t *ans = NULL;
+    time_t t0 = time(NULL);
+
+    CU_ASSERT_EQUAL(query(BOB, "SELECT pg_sleep(20)", &ans), 504);
+    CU_ASSERT_STRING_EQUAL(jstr(ans, "error"), "timeout");
+    CU_ASSERT(time(NULL) - t0 < 10);
+    json_decref(ans);
+    expect_region(BOB, "US");
+}
+
+/* One access record per request, reported to the control plane. */
+static void test_access_records(void)
+{
+    double before = -1, after = -1, cp_allow = -1;
+    json_t *ans = NULL;
+    time_t t0;
+
+    CU_ASSERT_EQUAL_FATAL(
+        sidecarenv_metric(sc, "polis_sidecar_access_records_total", &before),
+        0);
+    CU_ASSERT_EQUAL(query(ALICE, "SELECT 1 FROM orders", &ans), 200);
+    json_decref(ans);
+    CU_ASSERT_EQUAL(query(ALICE, "DROP TABLE orders", &ans), 400);
+    json_decref(ans);
+    CU_ASSERT_EQUAL(
+        sidecarenv_metric(sc, "polis_sidecar_access_records_total", &after), 0);
+    CU_ASSERT_EQUAL(after - before, 2);
+    for (t0 = time(NULL); time(NULL) - t0 < 15; usleep(200 * 1000)) {
+        char url[128], *page = malloc(1 << 20), *p;
+        const char *series = "polis_access_total{product=\"sales/orders\","
+                             "port=\"query\",decision=\"allow\"} ";
+
+        snprintf(url, sizeof(url), "%s/metrics", cp->admin_url);
+        if (page && cpenv_http_get(url, 5000, page, 1 << 20) == 200 &&
+            (p = strstr(page, series)) != NULL)
+            cp_allow = strtod(p + strlen(series), NULL);
+        free(page);
+        if (cp_allow >= 1)
+            break;
+    }
+    CU_ASSERT(cp_allow >= 1);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sequential small queries, alternating principals (so alternating
+ * decisions on the loops' kept sessions); prints the mean. */
+static void test_query_latency(void)
+{
+    int64_t t0 = now_ms();
+    json_t *ans = NULL;
+    int ok = 0, n = 200;
+
+    for (int i = 0; i < n; i++) {
+        ok += query(i % 2 ? BOB : ALICE,
+                    "SELECT order_id, email FROM orders WHERE "
+                    "order_id = 3",
+                    &ans) == 200;
+        json_decref(ans);
+        ans = NULL;
+    }
+    printf("(%.2f ms per query, sessions kept per loop) ",
+           (double)(now_ms() - t0) / n);
+    CU_ASSERT_EQUAL(ok, n);
+}
+
 static const test_case cases[] = {
     {"masked_filtered_rows", test_masked_filtered_rows},
     {"hidden_column_and_raw_table", test_hidden_column_and_raw_table},
@@ -485,6 +639,11 @@ static const test_case cases[] = {
     {"unknown_column_message", test_unknown_column_message},
     {"csv", test_csv},
     {"hash_matches_file_port", test_hash_matches_file_port},
+    {"unsafe_or_down_is_503", test_unsafe_or_down_is_503},
+    {"streamed_truncated", test_streamed_truncated},
+    {"timeout", test_timeout},
+    {"access_records", test_access_records},
+    {"query_latency", test_query_latency},
     {NULL, NULL},
 };
 
