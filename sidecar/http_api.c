@@ -873,10 +873,10 @@ static int parse_query_body(struct evhttp_request *req, json_t **body,
  * The PostgreSQL sessions for `port` on loop `w`: the loop's cached pair
  * when it is for the same connection strings, else a new pair (the old one
  * is closed: one pair per loop bounds the database connections to two per
- * loop).  The caller hands it back with pg_release.
+ * loop); *reused says which.  The caller hands it back with pg_release.
  */
 static int pg_session(worker *w, const json_t *port, pgq_conn **out,
-                      polis_error *err)
+                      bool *reused, polis_error *err)
 {
     char owner[2048], query[2048], key[sizeof(w->pg_key)];
     size_t n;
@@ -890,8 +890,10 @@ static int pg_session(worker *w, const json_t *port, pgq_conn **out,
     if (w->pg && memcmp(w->pg_key, key, n + 2 + strlen(query)) == 0) {
         *out = w->pg;
         w->pg = NULL;
+        *reused = true;
         return 0;
     }
+    *reused = false;
     pgq_close(w->pg);
     w->pg = NULL;
     if ((rc = pgq_open(owner, query, out, err)) != 0)
@@ -900,13 +902,37 @@ static int pg_session(worker *w, const json_t *port, pgq_conn **out,
     return 0;
 }
 
+/*
+ * Whether the query's failure ended the sessions: POLIS_EIO, or a FATAL or
+ * PANIC error (libpq's "FATAL:  terminating connection due to
+ * administrator command"), which the engine may report as POLIS_EINVAL
+ * when libpq has not noticed the closed socket yet.  The severity is
+ * looked for only at the start of the message or after the engine's
+ * "step: " prefix, so SQL text echoed in an ERROR cannot fake it.
+ */
+static bool pg_session_ended(int rc, const polis_error *err)
+{
+    const char *m = err->message, *colon = strstr(m, ": ");
+
+    if (rc == POLIS_EIO)
+        return true;
+    if (rc == 0 || rc == POLIS_ECANCELED)
+        return false;
+    if (strncmp(m, "FATAL:", 6) == 0 || strncmp(m, "PANIC:", 6) == 0)
+        return true;
+    return colon && (strncmp(colon + 2, "FATAL:", 6) == 0 ||
+                     strncmp(colon + 2, "PANIC:", 6) == 0);
+}
+
 /* Keep the sessions for the next query unless the query may have left
  * them unusable (the server went away, the consumer hung up mid-fetch, an
  * unexpected failure): then close them, the next query reconnects. */
-static void pg_release(worker *w, pgq_conn *pg, int rc)
+static void pg_release(worker *w, pgq_conn *pg, int rc, bool ended)
 {
-    if (rc == 0 || rc == POLIS_EDENIED || rc == POLIS_EINVAL ||
-        rc == POLIS_ETOOBIG || rc == POLIS_ETIMEDOUT) {
+    if (ended)
+        pgq_close(pg);
+    else if (rc == 0 || rc == POLIS_EDENIED || rc == POLIS_EINVAL ||
+             rc == POLIS_ETOOBIG || rc == POLIS_ETIMEDOUT) {
         pgq_close(w->pg);
         w->pg = pg;
     } else {
@@ -934,7 +960,8 @@ static void handle_query(preq *p)
     const json_t *params = NULL;
     const char *sql = NULL, *error;
     char path[4096], detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
-    bool postgres = engine && strcmp(engine, "postgresql") == 0;
+    bool postgres = engine && strcmp(engine, "postgresql") == 0, reused = false,
+         ended = false;
     int rc, status;
 
     if (engine == NULL || (!postgres && strcmp(engine, "sqlite") != 0)) {
@@ -952,7 +979,7 @@ static void handle_query(preq *p)
         return;
     }
     if (postgres ? product.table == NULL ||
-                       pg_session(p->w, p->port_doc, &pg, &err) != 0
+                       pg_session(p->w, p->port_doc, &pg, &reused, &err) != 0
                  : database == NULL || product.table == NULL ||
                        sc_ports_resolve(p->h->o.ports, database, path,
                                         sizeof(path), &err) ||
@@ -978,6 +1005,23 @@ static void handle_query(preq *p)
         rc = pgq_query(pg, &product, p->decision, key, key_len,
                        &p->subject.subject, &p->expr_req, sql, params,
                        &p->h->o.query, &sink, &stats, &err);
+        /* Kept sessions the server has ended since (a restart, an idle
+         * timeout): once, on a new pair, as long as nothing went out.  The
+         * statement is read-only, so running it again is harmless. */
+        ended = pg_session_ended(rc, &err);
+        if (ended && reused && !s.started) {
+            pgq_close(pg);
+            pg = NULL;
+            evbuffer_drain(s.buf, evbuffer_get_length(s.buf));
+            memset(&stats, 0, sizeof(stats));
+            memset(&err, 0, sizeof(err));
+            rc = pg_session(p->w, p->port_doc, &pg, &reused, &err);
+            if (rc == 0)
+                rc = pgq_query(pg, &product, p->decision, key, key_len,
+                               &p->subject.subject, &p->expr_req, sql, params,
+                               &p->h->o.query, &sink, &stats, &err);
+            ended = rc != 0 && (pg == NULL || pg_session_ended(rc, &err));
+        }
     } else
         rc = sq_query(conn, &product, p->decision,
                       pol_engine_mask_key(sc_snapshot_engine(p->snap)),
@@ -985,7 +1029,7 @@ static void handle_query(preq *p)
                       &p->h->o.query, &sink, &stats, &err);
     sq_close(conn);
     if (pg)
-        pg_release(p->w, pg, rc);
+        pg_release(p->w, pg, rc, ended);
     json_decref(body);
     if (rc == 0) {
         if (!s.csv)
@@ -1010,6 +1054,11 @@ static void handle_query(preq *p)
         record(p, "allow", 200, stats.rows, s.bytes);
     } else if (!s.started) {
         status = query_status(rc, &error);
+        if (postgres && ended) {
+            /* The server is down or went away, even on new sessions. */
+            status = 503;
+            error = "unavailable";
+        }
         polis_error_format(&err, detail, sizeof(detail));
         reply_error(p->req, status, status_text(status), error, detail);
         record(p, "error", status, 0, 0);

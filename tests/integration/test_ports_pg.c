@@ -371,13 +371,16 @@ static void expect_region(const char *token, const char *region)
     json_t *ans = NULL, *r;
     const json_t *rws;
     size_t i, k = 0;
+    long st;
 
-    CU_ASSERT_EQUAL_FATAL(
-        query(token,
-              "SELECT order_id, email, card, region, amount FROM orders "
-              "ORDER BY order_id",
-              &ans),
-        200);
+    st = query(token,
+               "SELECT order_id, email, card, region, amount FROM orders "
+               "ORDER BY order_id",
+               &ans);
+    if (st != 200)
+        fprintf(stderr, "\n%s: %ld %s: %s\n", region, st, jstr(ans, "error"),
+                jstr(ans, "detail"));
+    CU_ASSERT_EQUAL_FATAL(st, 200);
     CU_ASSERT_EQUAL(json_array_size(json_object_get(ans, "columns")), 5);
     CU_ASSERT(json_is_false(json_object_get(ans, "truncated")));
     rws = json_object_get(ans, "rows");
@@ -632,6 +635,27 @@ static void test_query_latency(void)
     CU_ASSERT_EQUAL(ok, n);
 }
 
+/* The database ends the kept sessions (a restart, an administrator, an
+ * idle timeout): the next query reconnects instead of failing. */
+static void test_sessions_killed(void)
+{
+    PGconn *c = pgenv_connect(pg, "postgres");
+    PGresult *r;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    expect_region(ALICE, "EU");
+    r = PQexec(c, "SELECT count(pg_terminate_backend(pid)) FROM "
+                  "pg_stat_activity WHERE usename IN ('polis_owner', "
+                  "'polis_query')");
+    CU_ASSERT(PQresultStatus(r) == PGRES_TUPLES_OK &&
+              atoi(PQgetvalue(r, 0, 0)) >= 2);
+    PQclear(r);
+    PQfinish(c);
+    /* Every loop's pair is dead now; each of these may land on any. */
+    for (int i = 0; i < 8; i++)
+        expect_region(i % 2 ? BOB : ALICE, i % 2 ? "US" : "EU");
+}
+
 static const test_case cases[] = {
     {"masked_filtered_rows", test_masked_filtered_rows},
     {"hidden_column_and_raw_table", test_hidden_column_and_raw_table},
@@ -643,6 +667,7 @@ static const test_case cases[] = {
     {"streamed_truncated", test_streamed_truncated},
     {"timeout", test_timeout},
     {"access_records", test_access_records},
+    {"sessions_killed", test_sessions_killed},
     {"query_latency", test_query_latency},
     {NULL, NULL},
 };
