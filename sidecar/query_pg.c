@@ -164,6 +164,25 @@ static int set_pg_error(polis_error *err, int code, const char *what,
                            what ? ": " : "", (int)n, msg);
 }
 
+/*
+ * Whether the server ended the session, going by SQLSTATE rather than by
+ * message text: admin shutdown, crash shutdown, cannot connect now
+ * (57P01-57P03), any connection exception (class 08), or libpq's own view
+ * of the socket.  A FATAL result can arrive before libpq has noticed the
+ * closed socket, so the SQLSTATE is checked too.
+ */
+static bool session_ended(const PGresult *r, const PGconn *c)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+    if (c == NULL || PQstatus(c) == CONNECTION_BAD)
+        return true;
+    if (state == NULL)
+        return false;
+    return strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
+           strcmp(state, "57P03") == 0 || strncmp(state, "08", 2) == 0;
+}
+
 /* Run a utility statement (or several, simple protocol) expecting no rows
  * of interest. */
 static int exec_simple(PGconn *c, const char *sql, const char *what,
@@ -174,9 +193,8 @@ static int exec_simple(PGconn *c, const char *sql, const char *what,
     int rc = 0;
 
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        rc = set_pg_error(
-            err, PQstatus(c) == CONNECTION_OK ? POLIS_EINVAL : POLIS_EIO, what,
-            PQerrorMessage(c));
+        rc = set_pg_error(err, session_ended(r, c) ? POLIS_EIO : POLIS_EINVAL,
+                          what, PQerrorMessage(c));
     PQclear(r);
     return rc;
 }
@@ -190,7 +208,8 @@ static int query_value(PGconn *c, const char *sql, int n,
     int rc = 0;
 
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
-        rc = set_pg_error(err, POLIS_EINVAL, "set-up query", PQerrorMessage(c));
+        rc = set_pg_error(err, session_ended(r, c) ? POLIS_EIO : POLIS_EINVAL,
+                          "set-up query", PQerrorMessage(c));
     else if (PQgetisnull(r, 0, 0))
         buf[0] = '\0';
     else
@@ -707,7 +726,7 @@ static int write_request(pgq_conn *c, const char *view,
                      lens, fmts, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         rc = set_pg_error(
-            err, PQstatus(c->owner) == CONNECTION_OK ? POLIS_EINVAL : POLIS_EIO,
+            err, session_ended(r, c->owner) ? POLIS_EIO : POLIS_EINVAL,
             "cannot write the request row", PQerrorMessage(c->owner));
     PQclear(r);
 out:
@@ -902,9 +921,8 @@ static int map_error(const PGresult *r, PGconn *c, bool timed_out,
 
     if (msg == NULL)
         msg = PQerrorMessage(c);
-    if (PQstatus(c) != CONNECTION_OK)
-        return set_pg_error(err, POLIS_EIO, "the database session ended",
-                            PQerrorMessage(c));
+    if (session_ended(r, c))
+        return set_pg_error(err, POLIS_EIO, "the database session ended", msg);
     if (timed_out || (state && strcmp(state, "57014") == 0))
         return polis_error_set(err, POLIS_ETIMEDOUT, NULL,
                                "the query ran out of time");

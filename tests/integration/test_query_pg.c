@@ -845,6 +845,53 @@ static void test_connection_reuse(void)
     pgq_close(c);
 }
 
+/* A session the server ends is POLIS_EIO whatever libpq's message says:
+ * the HTTP layer retries on the code alone. */
+static void test_session_ended_is_eio(void)
+{
+    pgq_conn *c = NULL;
+    polis_error err = {0};
+    PGconn *su;
+    PGresult *res;
+    result r;
+
+    /* The query role may signal its own backend: the server ends the
+     * session mid-statement with 57P01. */
+    CU_ASSERT_EQUAL_FATAL(pgq_open(owner_dsn, query_dsn, &c, &err), 0);
+    run_on(&analyst, "sales/orders", "orders",
+           "SELECT pg_terminate_backend(pg_backend_pid())", NULL, NULL, &r, c);
+    if (r.rc != POLIS_EIO)
+        fprintf(stderr, "\nself-terminate: rc %d (%s)\n", r.rc, r.err.message);
+    CU_ASSERT_EQUAL(r.rc, POLIS_EIO);
+    free(r.text);
+    /* The next query on the same pair says so too, without I/O. */
+    run_on(&analyst, "sales/orders", "orders", "SELECT 1", NULL, NULL, &r, c);
+    CU_ASSERT_EQUAL(r.rc, POLIS_EIO);
+    free(r.text);
+    pgq_close(c);
+
+    /* An idle session ended by an administrator between two queries. */
+    c = NULL;
+    CU_ASSERT_EQUAL_FATAL(pgq_open(owner_dsn, query_dsn, &c, &err), 0);
+    run_on(&analyst, "sales/orders", "orders", "SELECT 1", NULL, NULL, &r, c);
+    CU_ASSERT_EQUAL(r.rc, 0);
+    free(r.text);
+    su = pgenv_connect(pg, "postgres");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(su);
+    res = PQexec(su, "SELECT count(pg_terminate_backend(pid, 5000)) FROM "
+                     "pg_stat_activity WHERE usename = 'polis_query'");
+    CU_ASSERT_EQUAL(PQresultStatus(res), PGRES_TUPLES_OK);
+    CU_ASSERT_STRING_EQUAL(PQgetvalue(res, 0, 0), "1");
+    PQclear(res);
+    PQfinish(su);
+    run_on(&analyst, "sales/orders", "orders", "SELECT 1", NULL, NULL, &r, c);
+    if (r.rc != POLIS_EIO)
+        fprintf(stderr, "\nterminated idle: rc %d (%s)\n", r.rc, r.err.message);
+    CU_ASSERT_EQUAL(r.rc, POLIS_EIO);
+    free(r.text);
+    pgq_close(c);
+}
+
 static void test_open_refuses_privileged_query_role(void)
 {
     pgq_conn *c = NULL;
@@ -874,6 +921,7 @@ static const test_case cases[] = {
     {"deny_and_min_group_size", test_deny_and_min_group_size},
     {"limits", test_limits},
     {"connection_reuse", test_connection_reuse},
+    {"session_ended_is_eio", test_session_ended_is_eio},
     {"open_refuses_privileged_query_role",
      test_open_refuses_privileged_query_role},
     {NULL, NULL},
