@@ -936,8 +936,13 @@ static int on_hello(cp_dist *d, stream *st, const Polis__V1__Hello *h)
          * another replica may number a snapshot differently. */
         if (strcmp(h->applied_digest, dom->current->digest) == 0)
             st->applied_revision = st->latest_revision;
-        else
+        else if (h->applied_revision <= dom->current->revision)
             stream_offer_locked(st, dom->current);
+        else
+            st->applied_revision = h->applied_revision;
+        /* else: it enforces something newer than this replica has seen
+         * (it came from a replica further ahead); pushing ours would roll
+         * it back.  Our watch catches up and the next build is offered. */
         stream_service_locked(d, st, mono_now());
     }
     metric_gauge_add(d->m_connected, 1);
