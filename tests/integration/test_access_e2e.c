@@ -204,6 +204,29 @@ static void expect_record(const json_t *r, const char *decision,
     CU_ASSERT_STRING_EQUAL(jstr(r, "sidecar"), "sales-e2e-1");
 }
 
+/* The listing is newest first, and the outage's records are newer than
+ * the connected ones: purposes in the order restarted, offline, online
+ * (warm-up last). */
+static void expect_newest_first(const json_t *arr)
+{
+    static const char *const order[] = {"restarted", "offline", "online",
+                                        "warm-up"};
+    size_t i, phase = 0;
+    const char *prev = NULL;
+    json_t *r;
+
+    json_array_foreach(arr, i, r)
+    {
+        const char *t = jstr(r, "time");
+
+        CU_ASSERT(prev == NULL || strcmp(prev, t) >= 0);
+        prev = t;
+        while (phase < 4 && strcmp(jstr(r, "purpose"), order[phase]) != 0)
+            phase++;
+        CU_ASSERT(phase < 4);
+    }
+}
+
 /* The value of one control-plane /metrics series (exact name{labels}),
  * -1 if absent. */
 static double metric(const char *series)
@@ -455,11 +478,21 @@ static void test_replayed_after_outage(void)
     CU_ASSERT_EQUAL(sidecarenv_stop(sc, 5000), 0);
     CU_ASSERT_EQUAL(spooled_records(), 5);
     CU_ASSERT_EQUAL_FATAL(sidecarenv_restart(sc, true), 0);
+    /* The restarted sidecar, still alone, serves and records too. */
+    CU_ASSERT_EQUAL(query(ALICE, "restarted"), 200);
+    CU_ASSERT_EQUAL(query(EVE, "restarted"), 403);
+    allowed++;
+    denied++;
     CU_ASSERT_EQUAL_FATAL(cpenv_restart(cp), 0);
 
     t0 = now_ms();
     arr = wait_listed("offline", 5, REPLAY_WAIT_MS);
     CU_ASSERT_PTR_NOT_NULL_FATAL(arr);
+    if (count_purpose(arr, "restarted") < 2) {
+        json_decref(arr);
+        arr = wait_listed("restarted", 2, LIST_WAIT_MS);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(arr);
+    }
     fprintf(stderr, "  listed %zu offline records %lld ms after the restart\n",
             count_purpose(arr, "offline"), (long long)(now_ms() - t0));
     CU_ASSERT_EQUAL(count_purpose(arr, "offline"), 5);
@@ -493,6 +526,8 @@ static void test_replayed_after_outage(void)
     n_offline = count_purpose(arr, "offline");
     CU_ASSERT_EQUAL(n_offline, 5);
     CU_ASSERT_EQUAL(count_purpose(arr, "online"), 3);
+    CU_ASSERT_EQUAL(count_purpose(arr, "restarted"), 2);
+    expect_newest_first(arr);
     json_decref(arr);
 
     /* A fresh control plane process: its counters hold only the replay. */
