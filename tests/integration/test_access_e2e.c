@@ -4,7 +4,7 @@
  * polis-sidecar processes and a real SQLite product: requests made while
  * the control plane is up are listed within seconds; those made while it
  * is down survive a sidecar restart on disk and arrive, once, when it
- * returns.
+ * returns, and those spooled before a crash are not lost.
  */
 #include "common/rpc.h"
 #include "polis/v1/governance.pb-c.h"
@@ -209,8 +209,8 @@ static void expect_record(const json_t *r, const char *decision,
  * (warm-up last). */
 static void expect_newest_first(const json_t *arr)
 {
-    static const char *const order[] = {"restarted", "offline", "online",
-                                        "warm-up"};
+    static const char *const order[] = {"crash", "restarted", "offline",
+                                        "online", "warm-up"};
     size_t i, phase = 0;
     const char *prev = NULL;
     json_t *r;
@@ -221,9 +221,9 @@ static void expect_newest_first(const json_t *arr)
 
         CU_ASSERT(prev == NULL || strcmp(prev, t) >= 0);
         prev = t;
-        while (phase < 4 && strcmp(jstr(r, "purpose"), order[phase]) != 0)
+        while (phase < 5 && strcmp(jstr(r, "purpose"), order[phase]) != 0)
             phase++;
-        CU_ASSERT(phase < 4);
+        CU_ASSERT(phase < 5);
     }
 }
 
@@ -543,9 +543,44 @@ static void test_replayed_after_outage(void)
     }
 }
 
+/* A sidecar that crashes after one spool interval without the control
+ * plane loses nothing: while disconnected it spools every 2 s. */
+static void test_spooled_before_crash(void)
+{
+    int64_t t0;
+    json_t *arr;
+
+    CU_ASSERT_EQUAL_FATAL(cpenv_stop_controlplane(cp, 5000), 0);
+    CU_ASSERT_EQUAL(query(BOB, "crash"), 200);
+    CU_ASSERT_EQUAL(query(EVE, "crash"), 403);
+    for (t0 = now_ms(); spooled_records() < 2 && now_ms() - t0 < 5000;)
+        nap_ms(100);
+    CU_ASSERT_EQUAL(spooled_records(), 2);
+    CU_ASSERT_EQUAL(sidecarenv_kill(sc, SIGKILL), 0);
+    CU_ASSERT_EQUAL_FATAL(sidecarenv_restart(sc, true), 0);
+    CU_ASSERT_EQUAL_FATAL(cpenv_restart(cp), 0);
+
+    arr = wait_listed("crash", 2, REPLAY_WAIT_MS);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(arr);
+    CU_ASSERT_EQUAL(count_purpose(arr, "crash"), 2);
+    CU_ASSERT_EQUAL(count_purpose(arr, "offline"), 5);
+    expect_newest_first(arr);
+    json_decref(arr);
+    for (t0 = now_ms(); spooled_records() > 0 && now_ms() - t0 < 5000;)
+        nap_ms(100);
+    CU_ASSERT_EQUAL(spooled_records(), 0);
+    CU_ASSERT_EQUAL(metric("polis_access_total{product=\"sales/orders\","
+                           "port=\"query\",decision=\"allow\"}"),
+                    1);
+    CU_ASSERT_EQUAL(metric("polis_access_total{product=\"sales/orders\","
+                           "port=\"query\",decision=\"deny\"}"),
+                    1);
+}
+
 static const test_case cases[] = {
     {"listed_while_connected", test_listed_while_connected},
     {"replayed_after_outage", test_replayed_after_outage},
+    {"spooled_before_crash", test_spooled_before_crash},
     {NULL, NULL},
 };
 
