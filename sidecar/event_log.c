@@ -872,6 +872,11 @@ static int read_locked(sc_event_log *log, uint64_t from, size_t max_records,
         if (off >= s->next) {
             if (++si >= log->nsegs)
                 break;
+            /* A gap: the tail of a sealed segment that did not reach the
+               disk (fsync=never and a machine crash).  Those records are
+               gone; skip them rather than wedge every consumer here. */
+            if (off < log->segs[si].base)
+                off = log->segs[si].base;
             continue;
         }
         const el_index_entry *ie = find_index(s, off);

@@ -43,8 +43,10 @@ typedef struct sc_event_log_options {
     void *clock_ctx;
     /* Called (from the appending or flushing thread, no lock held) each time
        records become visible to readers, with the new next offset: the hook
-       for an event loop (e.g. event_active on a libevent event).  May be
-       NULL.  Must not call back into the log. */
+       for an event loop (e.g. event_active on a libevent event).  Calls
+       from different threads may arrive out of order: treat the value as a
+       hint and read from the consumer's own offset.  May be NULL.  Must not
+       call back into the log. */
     void (*on_visible)(void *ctx, uint64_t next_offset);
     void *on_visible_ctx;
     /* Called after every successful fsync of a segment, before the records it
