@@ -9,6 +9,8 @@
 
 #include <libpq-fe.h>
 
+#include <sys/random.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -46,6 +48,7 @@ struct pgq_conn {
     size_t nviews, next_view;
     char *temp_name; /* quoted name of the session's temp view */
     char temp_target[VIEW_NAME_MAX]; /* the polis view it reads */
+    char count_name[48];             /* secret alias of the group-size column */
 };
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -319,6 +322,19 @@ int pgq_open(const char *owner_dsn, const char *query_dsn, pgq_conn **out,
             rc = polis_error_set(err, POLIS_ENOMEM, NULL, "out of memory");
             goto fail;
         }
+    }
+    {
+        /* Unknown to the consumer, so no item of theirs can pose as the
+         * group-size column. */
+        unsigned char rnd[16];
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+            rc = polis_error_set(err, POLIS_EINTERNAL, NULL,
+                                 "no random bytes for the group-size column");
+            goto fail;
+        }
+        strcpy(c->count_name, "polis_n_");
+        for (size_t i = 0; i < sizeof(rnd); i++)
+            snprintf(c->count_name + 8 + 2 * i, 3, "%02x", rnd[i]);
     }
     c->query_pid = PQbackendPID(c->query);
     *out = c;
@@ -939,6 +955,23 @@ static int map_error(const PGresult *r, PGconn *c, bool timed_out,
 }
 
 /*
+ * With a minimum group size, an error raised while rows are read may quote
+ * one row's value ("invalid input syntax for type integer: ..."): only
+ * its SQLSTATE goes to the consumer.  Errors of DECLARE (parse, plan) see
+ * the consumer's text, not the data, and keep their message.
+ */
+static int withhold_message(const PGresult *r, polis_error *err)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+    return polis_error_set(err, POLIS_EINVAL, NULL,
+                           "the query failed while reading rows (SQLSTATE "
+                           "%s); for aggregate-only products PostgreSQL's "
+                           "message is withheld",
+                           state ? state : "unknown");
+}
+
+/*
  * Send one statement and wait for its single result, cancelling it at the
  * deadline.  Returns the result (caller PQclears; NULL when the session
  * broke) and sets *timed_out when the deadline passed.
@@ -1055,6 +1088,621 @@ static int convert_value(const PGresult *r, int row, int col, sq_value *v,
     }
 }
 
+/* ---- the minimum group size: a restricted query shape -------------------- */
+
+/*
+ * As in the SQLite engine (docs/internals/query.md, "The minimum group
+ * size"): one SELECT over the product's table alone, every result column a
+ * GROUP BY key or computed from count/sum/avg/min/max, and an added
+ * count(*) under a name only this connection knows.  The tokenizer follows
+ * PostgreSQL's lexical rules for what the shape allows and refuses the
+ * rest (dollar quotes, E'' and U&'' strings, subscripts...).
+ */
+
+typedef enum tok_kind {
+    T_WORD,   /* bare identifier or keyword */
+    T_QUOTED, /* "x" */
+    T_STRING,
+    T_NUMBER,
+    T_PARAM, /* $N */
+    T_LP,
+    T_RP,
+    T_COMMA,
+    T_DOT,
+    T_STAR,
+    T_SEMI,
+    T_CAST, /* :: */
+    T_OP,
+} tok_kind;
+
+typedef struct tok {
+    tok_kind kind;
+    size_t off, len;
+} tok;
+
+#define SHAPE_MAX_TOKENS 4096
+#define SHAPE_MAX_KEYS   64
+#define SHAPE_MAX_ALIAS  256
+
+static bool ascii_alpha(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+static bool ascii_digit(unsigned char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
+static bool word_start(unsigned char ch)
+{
+    return ascii_alpha(ch) || ch == '_' || ch >= 0x80;
+}
+
+static bool word_char(unsigned char ch)
+{
+    return word_start(ch) || ascii_digit(ch) || ch == '$';
+}
+
+/* PostgreSQL folds unquoted identifiers to lower case in ASCII only. */
+static bool ascii_ieq(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (unsigned char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z')
+            y = (unsigned char)(y - 'A' + 'a');
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+static int shape_lex_error(polis_error *err, int64_t min, size_t at,
+                           const char *what)
+{
+    return polis_error_set(err, POLIS_EDENIED, NULL,
+                           "this product releases only aggregates over at "
+                           "least %" PRId64 " rows: the query may only use "
+                           "plain SQL (%s at byte %zu)",
+                           min, what, at + 1);
+}
+
+static int tokenize(const char *sql, int64_t min, tok *toks, size_t *ntoks,
+                    polis_error *err)
+{
+    static const char opchars[] = "+-/<>=~!@#%^&|?";
+    size_t i = 0, n = 0, len = strlen(sql);
+
+    while (i < len) {
+        unsigned char ch = (unsigned char)sql[i];
+        size_t start = i;
+        tok_kind kind;
+
+        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' ||
+            ch == '\v') {
+            i++;
+            continue;
+        }
+        if (ch == '-' && sql[i + 1] == '-') {
+            while (i < len && sql[i] != '\n')
+                i++;
+            continue;
+        }
+        if (ch == '/' && sql[i + 1] == '*') {
+            /* PostgreSQL's block comments nest. */
+            int depth = 1;
+            i += 2;
+            while (i < len && depth > 0) {
+                if (sql[i] == '/' && sql[i + 1] == '*')
+                    depth++, i += 2;
+                else if (sql[i] == '*' && sql[i + 1] == '/')
+                    depth--, i += 2;
+                else
+                    i++;
+            }
+            if (depth > 0)
+                return shape_lex_error(err, min, start, "unterminated comment");
+            continue;
+        }
+        if (word_start(ch)) {
+            while (i < len && word_char((unsigned char)sql[i]))
+                i++;
+            /* E'..', B'..', X'..', N'..', U&'..': other lexical rules. */
+            if (sql[i] == '\'' ||
+                (sql[i] == '&' && i - start == 1 && (ch == 'u' || ch == 'U')))
+                return shape_lex_error(err, min, start, "a prefixed string");
+            kind = T_WORD;
+        } else if (ch == '\'' || ch == '"') {
+            i++;
+            for (;;) {
+                if (i >= len)
+                    return shape_lex_error(err, min, start,
+                                           "unterminated quote");
+                if (sql[i] == (char)ch) {
+                    if (sql[i + 1] == (char)ch) {
+                        i += 2;
+                        continue;
+                    }
+                    i++;
+                    break;
+                }
+                i++;
+            }
+            kind = ch == '\'' ? T_STRING : T_QUOTED;
+        } else if (ascii_digit(ch) ||
+                   (ch == '.' && ascii_digit((unsigned char)sql[i + 1]))) {
+            while (ascii_digit((unsigned char)sql[i]))
+                i++;
+            if (sql[i] == '.' && sql[i + 1] != '.')
+                i++;
+            while (ascii_digit((unsigned char)sql[i]))
+                i++;
+            if ((sql[i] == 'e' || sql[i] == 'E') &&
+                (ascii_digit((unsigned char)sql[i + 1]) ||
+                 ((sql[i + 1] == '+' || sql[i + 1] == '-') &&
+                  ascii_digit((unsigned char)sql[i + 2])))) {
+                i += 2;
+                while (ascii_digit((unsigned char)sql[i]))
+                    i++;
+            }
+            /* "1abc" is lexed differently by different versions. */
+            if (word_char((unsigned char)sql[i]) || sql[i] == '.')
+                return shape_lex_error(err, min, start, "text after a number");
+            kind = T_NUMBER;
+        } else if (ch == '$') {
+            i++;
+            while (ascii_digit((unsigned char)sql[i]))
+                i++;
+            if (i == start + 1 || word_char((unsigned char)sql[i]))
+                return shape_lex_error(err, min, start, "a dollar quote");
+            kind = T_PARAM;
+        } else if (ch == ':' && sql[i + 1] == ':') {
+            i += 2, kind = T_CAST;
+        } else if (ch == '(') {
+            i++, kind = T_LP;
+        } else if (ch == ')') {
+            i++, kind = T_RP;
+        } else if (ch == ',') {
+            i++, kind = T_COMMA;
+        } else if (ch == '.') {
+            i++, kind = T_DOT;
+        } else if (ch == '*') {
+            i++, kind = T_STAR;
+        } else if (ch == ';') {
+            i++, kind = T_SEMI;
+        } else if (strchr(opchars, ch) != NULL && ch != '\0') {
+            while (i < len && strchr(opchars, sql[i]) != NULL &&
+                   !(sql[i] == '-' && sql[i + 1] == '-') &&
+                   !(sql[i] == '/' && sql[i + 1] == '*'))
+                i++;
+            kind = T_OP;
+        } else {
+            return shape_lex_error(err, min, start, "an unexpected character");
+        }
+        if (n == SHAPE_MAX_TOKENS)
+            return polis_error_set(err, POLIS_ETOOBIG, NULL,
+                                   "the query is too long for a minimum "
+                                   "group size (%d tokens)",
+                                   SHAPE_MAX_TOKENS);
+        toks[n].kind = kind;
+        toks[n].off = start;
+        toks[n].len = i - start;
+        n++;
+    }
+    while (n > 0 && toks[n - 1].kind == T_SEMI)
+        n--;
+    *ntoks = n;
+    return 0;
+}
+
+typedef struct shape {
+    const char *sql;
+    const tok *t;
+    size_t n;
+    const pol_decision *d;
+    size_t key_start[SHAPE_MAX_KEYS], key_end[SHAPE_MAX_KEYS], nkeys;
+    size_t alias[SHAPE_MAX_ALIAS], naliases;
+} shape;
+
+static bool tok_is(const shape *s, size_t i, const char *word)
+{
+    return i < s->n && s->t[i].kind == T_WORD && s->t[i].len == strlen(word) &&
+           ascii_ieq(s->sql + s->t[i].off, word, s->t[i].len);
+}
+
+static bool tok_eq(const shape *s, size_t a, size_t b)
+{
+    const tok *x = &s->t[a], *y = &s->t[b];
+
+    if (x->kind != y->kind || x->len != y->len)
+        return false;
+    if (x->kind == T_WORD)
+        return ascii_ieq(s->sql + x->off, s->sql + y->off, x->len);
+    return memcmp(s->sql + x->off, s->sql + y->off, x->len) == 0;
+}
+
+static bool range_eq(const shape *s, size_t a, size_t ae, size_t b, size_t be)
+{
+    if (ae - a != be - b)
+        return false;
+    for (size_t i = 0; i < ae - a; i++)
+        if (!tok_eq(s, a + i, b + i))
+            return false;
+    return true;
+}
+
+/* Words that are SQL, not column references, in expressions (all reserved
+ * or type-like in PostgreSQL; a product column of the same name wins). */
+static bool is_keyword(const shape *s, size_t i)
+{
+    static const char *const kw[] = {
+        "case",     "when",   "then",    "else",    "end",       "and",
+        "or",       "not",    "null",    "is",      "in",        "between",
+        "like",     "ilike",  "similar", "escape",  "true",      "false",
+        "cast",     "asc",    "desc",    "nulls",   "first",     "last",
+        "distinct", "isnull", "notnull", "unknown", "symmetric",
+    };
+
+    for (size_t k = 0; k < sizeof(kw) / sizeof(kw[0]); k++) {
+        if (!tok_is(s, i, kw[k]))
+            continue;
+        for (size_t c = 0; c < pol_decision_column_count(s->d); c++) {
+            const char *name = pol_decision_column_name(s->d, c);
+            if (strlen(name) == s->t[i].len &&
+                ascii_ieq(name, s->sql + s->t[i].off, s->t[i].len))
+                return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+/* Index of the token closing the parenthesis opened at i (or s->n). */
+static size_t close_paren(const shape *s, size_t i, size_t *nargs)
+{
+    int depth = 0;
+    size_t args = 1;
+
+    for (; i < s->n; i++) {
+        if (s->t[i].kind == T_LP)
+            depth++;
+        else if (s->t[i].kind == T_RP && --depth == 0)
+            break;
+        else if (s->t[i].kind == T_COMMA && depth == 1)
+            args++;
+    }
+    if (nargs)
+        *nargs = args;
+    return i;
+}
+
+/* count/sum/avg/min/max, unqualified: functions never resolve in pg_temp,
+ * so these are pg_catalog's aggregates; a qualified name may be anything. */
+static bool is_aggregate(const shape *s, size_t i, size_t nargs)
+{
+    if (i > 0 && s->t[i - 1].kind == T_DOT)
+        return false;
+    if (tok_is(s, i, "count") || tok_is(s, i, "sum") || tok_is(s, i, "avg"))
+        return true;
+    return (tok_is(s, i, "min") || tok_is(s, i, "max")) && nargs == 1;
+}
+
+static bool is_key_word(const shape *s, size_t i)
+{
+    for (size_t k = 0; k < s->nkeys; k++)
+        if (s->key_end[k] - s->key_start[k] == 1 &&
+            tok_eq(s, s->key_start[k], i))
+            return true;
+    return false;
+}
+
+static bool is_alias_word(const shape *s, size_t i)
+{
+    for (size_t k = 0; k < s->naliases; k++)
+        if (tok_eq(s, s->alias[k], i))
+            return true;
+    return false;
+}
+
+/*
+ * True if every column reference in tokens [a, e) is inside an aggregate
+ * call, or is a single-word GROUP BY key (or, with aliases, an alias of
+ * the select list).  *first_bad is the offending token.
+ */
+static bool only_aggregates(const shape *s, size_t a, size_t e, bool aliases,
+                            size_t *first_bad)
+{
+    size_t nargs, close;
+
+    for (size_t i = a; i < e; i++) {
+        const tok *t = &s->t[i];
+        bool word = t->kind == T_WORD || t->kind == T_QUOTED;
+
+        if (t->kind == T_STAR) {
+            /* "*" alone or after "." is all columns, else multiplication. */
+            if (i == a || s->t[i - 1].kind == T_DOT ||
+                s->t[i - 1].kind == T_COMMA || s->t[i - 1].kind == T_LP) {
+                *first_bad = i;
+                return false;
+            }
+            continue;
+        }
+        if (!word)
+            continue;
+        if (i + 1 < e && s->t[i + 1].kind == T_LP) {
+            close = close_paren(s, i + 1, &nargs);
+            if (t->kind == T_WORD && is_aggregate(s, i, nargs)) {
+                i = close;
+                if (tok_is(s, i + 1, "filter") && i + 2 < e &&
+                    s->t[i + 2].kind == T_LP)
+                    i = close_paren(s, i + 2, NULL);
+                continue;
+            }
+            continue; /* a scalar function: its arguments are checked */
+        }
+        if (i + 1 < e && s->t[i + 1].kind == T_DOT)
+            continue; /* a qualifier */
+        if (i > a && (s->t[i - 1].kind == T_CAST || tok_is(s, i - 1, "as") ||
+                      tok_is(s, i - 1, "collate")))
+            continue; /* a type name, a collation */
+        if (i + 1 < e && s->t[i + 1].kind == T_STRING)
+            continue; /* the type of a literal: date '2024-01-31' */
+        if (t->kind == T_WORD && is_keyword(s, i))
+            continue;
+        if (is_key_word(s, i) || (aliases && is_alias_word(s, i)))
+            continue;
+        *first_bad = i;
+        return false;
+    }
+    return true;
+}
+
+static size_t find_top(const shape *s, size_t from, const char *const *words,
+                       size_t nwords)
+{
+    int depth = 0;
+
+    for (size_t i = from; i < s->n; i++) {
+        if (s->t[i].kind == T_LP)
+            depth++;
+        else if (s->t[i].kind == T_RP)
+            depth--;
+        else if (depth == 0)
+            for (size_t w = 0; w < nwords; w++)
+                if (tok_is(s, i, words[w]))
+                    return i;
+    }
+    return s->n;
+}
+
+static bool is_one_of(const shape *s, size_t i, const char *const *words,
+                      size_t nwords)
+{
+    for (size_t w = 0; w < nwords; w++)
+        if (tok_is(s, i, words[w]))
+            return true;
+    return false;
+}
+
+static int shape_refuse(polis_error *err, int64_t min, const char *what)
+{
+    return polis_error_set(err, POLIS_EDENIED, NULL,
+                           "this product releases only aggregates over at "
+                           "least %" PRId64 " rows: %s",
+                           min, what);
+}
+
+static int shape_refuse_tok(polis_error *err, int64_t min, const shape *s,
+                            size_t i, const char *what)
+{
+    char buf[300];
+
+    snprintf(buf, sizeof(buf), "%s (\"%.*s\" at byte %zu)", what,
+             (int)(s->t[i].len > 64 ? 64 : s->t[i].len), s->sql + s->t[i].off,
+             s->t[i].off + 1);
+    return shape_refuse(err, min, buf);
+}
+
+/*
+ * Check that sql has the shape
+ *   SELECT item, ... FROM <table> [[AS] alias] [WHERE ...]
+ *   [GROUP BY key, ...] [HAVING ...] [ORDER BY ...] [LIMIT ...]
+ * with no subquery, compound, join or window, where every item, HAVING and
+ * ORDER BY term is a GROUP BY key or computed from aggregates only.  On
+ * success *insert_at is the byte offset just after the select list, where
+ * the group-size column goes, and *nitems the number of result columns.
+ */
+static int check_shape(const char *sql, const char *table,
+                       const pol_decision *d, int64_t min, size_t *insert_at,
+                       size_t *nitems, polis_error *err)
+{
+    static const char *const banned[] = {
+        "select", "union", "intersect", "except",  "values",  "join",
+        "with",   "over",  "window",    "natural", "lateral", "table",
+        "into",   "for",   "fetch",     "only",
+    };
+    static const char *const after_from[] = {"where", "group", "having",
+                                             "order", "limit", "offset"};
+    static const char *const after_where[] = {"group", "having", "order",
+                                              "limit", "offset"};
+    static const char *const after_having[] = {"order", "limit", "offset"};
+    static const char *const from_w[] = {"from"};
+    static const char *const having_w[] = {"having", "order", "limit",
+                                           "offset"};
+    static const char *const limit_w[] = {"limit", "offset"};
+    tok *toks = malloc(SHAPE_MAX_TOKENS * sizeof(*toks));
+    shape *s = calloc(1, sizeof(*s));
+    size_t i, from, item, end, bad;
+    int rc;
+
+    if (toks == NULL || s == NULL) {
+        rc = polis_error_set(err, POLIS_ENOMEM, NULL, "out of memory");
+        goto out;
+    }
+    if ((rc = tokenize(sql, min, toks, &s->n, err)) != 0)
+        goto out;
+    s->sql = sql;
+    s->t = toks;
+    s->d = d;
+    rc = POLIS_EDENIED;
+    if (!tok_is(s, 0, "select")) {
+        rc = shape_refuse(err, min, "the query must be one SELECT");
+        goto out;
+    }
+    for (i = 1; i < s->n; i++) {
+        if (is_one_of(s, i, banned, sizeof(banned) / sizeof(banned[0]))) {
+            shape_refuse_tok(err, min, s, i,
+                             "subqueries, compounds, joins, CTEs, window "
+                             "functions and row locks are not allowed");
+            goto out;
+        }
+        if (toks[i].kind == T_SEMI) {
+            shape_refuse_tok(err, min, s, i, "one statement only");
+            goto out;
+        }
+    }
+    from = find_top(s, 1, from_w, 1);
+    if (from == s->n) {
+        rc = shape_refuse(err, min, "the query must read FROM the product");
+        goto out;
+    }
+    /* FROM <table> [[AS] alias], nothing else. */
+    i = from + 1;
+    if (i >= s->n || !(toks[i].kind == T_WORD || toks[i].kind == T_QUOTED)) {
+        rc = shape_refuse(err, min, "FROM must name the product's table");
+        goto out;
+    }
+    {
+        const char *name = sql + toks[i].off;
+        size_t len = toks[i].len;
+        bool same;
+        if (toks[i].kind == T_QUOTED) {
+            name++, len -= 2;
+            same = len == strlen(table) && memcmp(name, table, len) == 0;
+        } else {
+            same = len == strlen(table) && ascii_ieq(name, table, len);
+        }
+        if (!same) {
+            shape_refuse_tok(err, min, s, i,
+                             "FROM must name the product's table, alone");
+            goto out;
+        }
+    }
+    i++;
+    if (tok_is(s, i, "as"))
+        i++;
+    if (i < s->n && (toks[i].kind == T_WORD || toks[i].kind == T_QUOTED) &&
+        !is_one_of(s, i, after_from, 6))
+        i++; /* the alias */
+    end = i;
+    if (end < s->n && !is_one_of(s, end, after_from, 6)) {
+        shape_refuse_tok(err, min, s, end,
+                         "FROM must name the product's table, alone");
+        goto out;
+    }
+
+    /* GROUP BY keys. */
+    i = find_top(s, end, after_where, 5);
+    if (tok_is(s, i, "group")) {
+        size_t kend, k;
+        if (!tok_is(s, i + 1, "by")) {
+            shape_refuse_tok(err, min, s, i, "GROUP without BY");
+            goto out;
+        }
+        kend = find_top(s, i + 2, having_w, 4);
+        k = i + 2;
+        while (k < kend) {
+            size_t e = k;
+            int depth = 0;
+            while (e < kend && !(depth == 0 && toks[e].kind == T_COMMA)) {
+                depth += toks[e].kind == T_LP;
+                depth -= toks[e].kind == T_RP;
+                e++;
+            }
+            if (s->nkeys == SHAPE_MAX_KEYS) {
+                shape_refuse(err, min, "too many GROUP BY keys");
+                goto out;
+            }
+            s->key_start[s->nkeys] = k;
+            s->key_end[s->nkeys] = e;
+            s->nkeys++;
+            k = e + 1;
+        }
+    }
+
+    /* The select list. */
+    item = 1;
+    if (tok_is(s, item, "all"))
+        item++;
+    else if (tok_is(s, item, "distinct") && !tok_is(s, item + 1, "on"))
+        item++;
+    *nitems = 0;
+    while (item < from) {
+        size_t e = item, body_end, k;
+        int depth = 0;
+        bool is_key = false;
+        while (e < from && !(depth == 0 && toks[e].kind == T_COMMA)) {
+            depth += toks[e].kind == T_LP;
+            depth -= toks[e].kind == T_RP;
+            e++;
+        }
+        body_end = e;
+        if (e - item >= 3 && tok_is(s, e - 2, "as")) {
+            body_end = e - 2;
+            if (s->naliases < SHAPE_MAX_ALIAS)
+                s->alias[s->naliases++] = e - 1;
+        }
+        for (k = 0; k < s->nkeys && !is_key; k++)
+            is_key =
+                range_eq(s, item, body_end, s->key_start[k], s->key_end[k]);
+        if (item == e ||
+            (!is_key && !only_aggregates(s, item, body_end, false, &bad))) {
+            shape_refuse_tok(err, min, s, item == e ? item : bad,
+                             "every result column must be a GROUP BY key or "
+                             "computed from count, sum, avg, min or max "
+                             "(aliases need AS)");
+            goto out;
+        }
+        (*nitems)++;
+        item = e + 1;
+    }
+    if (*nitems == 0) {
+        shape_refuse(err, min, "empty select list");
+        goto out;
+    }
+    *insert_at = toks[from - 1].off + toks[from - 1].len;
+
+    /* HAVING and ORDER BY see groups: aggregates, keys and aliases only. */
+    i = find_top(s, end, having_w, 4);
+    if (tok_is(s, i, "having")) {
+        size_t e = find_top(s, i + 1, after_having, 3);
+        if (!only_aggregates(s, i + 1, e, true, &bad)) {
+            shape_refuse_tok(err, min, s, bad,
+                             "HAVING may only use GROUP BY keys and "
+                             "aggregates");
+            goto out;
+        }
+    }
+    i = find_top(s, end, after_having, 3);
+    if (tok_is(s, i, "order")) {
+        size_t e = find_top(s, i + 1, limit_w, 2);
+        if (!tok_is(s, i + 1, "by") ||
+            !only_aggregates(s, i + 2, e, true, &bad)) {
+            shape_refuse_tok(err, min, s, tok_is(s, i + 1, "by") ? bad : i,
+                             "ORDER BY may only use GROUP BY keys, "
+                             "aggregates and result aliases");
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(toks);
+    free(s);
+    return rc;
+}
+
 /* ---- pgq_query ----------------------------------------------------------- */
 
 int pgq_query(pgq_conn *c, const sq_product *product,
@@ -1065,7 +1713,7 @@ int pgq_query(pgq_conn *c, const sq_product *product,
               const sq_sink *sink, sq_stats *stats, polis_error *err)
 {
     static const sq_limits no_limits = {0};
-    char schema[256], table[256], name[VIEW_NAME_MAX], sbuf_[128];
+    char schema[256], table[256], name[VIEW_NAME_MAX], sbuf_[256];
     pol_expr_sql_opts opts = {POL_SQL_POSTGRES, "t", 1};
     pol_expr_sql fsql = {0};
     sbuf body = {0}, decl = {0};
@@ -1077,6 +1725,8 @@ int pgq_query(pgq_conn *c, const sq_product *product,
     size_t max_sql;
     bool in_tx = false, timed_out = false, columns_sent = false, done = false;
     char *qtable = NULL;
+    int64_t min;
+    size_t insert_at = 0, nitems = 0;
 
     if (stats)
         memset(stats, 0, sizeof(*stats));
@@ -1096,12 +1746,7 @@ int pgq_query(pgq_conn *c, const sq_product *product,
     if (!pol_decision_allowed(decision))
         return polis_error_set(err, POLIS_EDENIED, NULL,
                                "access denied by policy");
-    if (pol_decision_min_group_size(decision) > 0)
-        return polis_error_set(
-            err, POLIS_EDENIED, NULL,
-            "this product releases only aggregates over at least %" PRId64
-            " rows, which PostgreSQL query ports do not support yet",
-            pol_decision_min_group_size(decision));
+    min = pol_decision_min_group_size(decision);
     for (size_t i = 0; i < pol_decision_column_count(decision); i++) {
         const pol_mask *m = pol_decision_column_mask(decision, i);
         if (m && m->method == POL_MASK_HASH && hash_key == NULL)
@@ -1125,6 +1770,10 @@ int pgq_query(pgq_conn *c, const sq_product *product,
         return rc;
     if ((rc = split_table(product->table, schema, sizeof(schema), table,
                           sizeof(table), err)) != 0)
+        return rc;
+    /* The consumer names the table unqualified: the session's temp view. */
+    if (min > 0 && (rc = check_shape(sql, table, decision, min, &insert_at,
+                                     &nitems, err)) != 0)
         return rc;
     if (PQstatus(c->owner) != CONNECTION_OK ||
         PQstatus(c->query) != CONNECTION_OK)
@@ -1174,14 +1823,25 @@ int pgq_query(pgq_conn *c, const sq_product *product,
     snprintf(sbuf_, sizeof(sbuf_),
              "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
              "SET LOCAL statement_timeout = %" PRId64 "; "
-             "SET LOCAL search_path = pg_temp",
+             "SET LOCAL search_path = pg_temp; "
+             "SET LOCAL standard_conforming_strings = on",
              timeout);
     if ((rc = exec_simple(c->query, sbuf_, "cannot start the transaction",
                           err)) != 0)
         goto out;
     in_tx = true;
     sb_puts(&decl, "DECLARE polis_cursor NO SCROLL CURSOR FOR ");
-    sb_puts(&decl, sql);
+    if (min > 0) {
+        /* The group size, computed by the same statement over the same
+         * rows; checked on the first FETCH, stripped before the sink. */
+        sb_putn(&decl, sql, insert_at);
+        sb_puts(&decl, ", pg_catalog.count(*) AS \"");
+        sb_puts(&decl, c->count_name);
+        sb_puts(&decl, "\"");
+        sb_puts(&decl, sql + insert_at);
+    } else {
+        sb_puts(&decl, sql);
+    }
     if (decl.rc) {
         rc = polis_error_set(err, decl.rc, NULL, "out of memory");
         goto out;
@@ -1203,7 +1863,7 @@ int pgq_query(pgq_conn *c, const sq_product *product,
         char fetch[64];
         uint64_t want = max_rows - st.rows + 1;
         PGresult *r;
-        int nrows, ncols;
+        int nrows, ncols, nout;
         bool last_batch;
 
         if (want > FETCH_BATCH)
@@ -1213,6 +1873,8 @@ int pgq_query(pgq_conn *c, const sq_product *product,
         r = run_until(c, fetch, 0, NULL, deadline, &timed_out);
         if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
             rc = map_error(r, c->query, timed_out, err);
+            if (min > 0 && rc == POLIS_EINVAL)
+                rc = withhold_message(r, err);
             PQclear(r);
             goto out;
         }
@@ -1224,6 +1886,20 @@ int pgq_query(pgq_conn *c, const sq_product *product,
         }
         nrows = PQntuples(r);
         ncols = PQnfields(r);
+        nout = ncols;
+        if (min > 0) {
+            /* The group size must be the column we added, nothing else. */
+            if ((size_t)ncols != nitems + 1 ||
+                strcmp(PQfname(r, ncols - 1), c->count_name) != 0 ||
+                PQftype(r, ncols - 1) != OID_INT8) {
+                PQclear(r);
+                rc = polis_error_set(err, POLIS_EDENIED, NULL,
+                                     "the query's shape could not be "
+                                     "verified for the minimum group size");
+                goto out;
+            }
+            nout = ncols - 1;
+        }
         if (!columns_sent) {
             const char **names = calloc((size_t)ncols + 1, sizeof(*names));
             if (names == NULL) {
@@ -1231,10 +1907,10 @@ int pgq_query(pgq_conn *c, const sq_product *product,
                 rc = polis_error_set(err, POLIS_ENOMEM, NULL, "out of memory");
                 goto out;
             }
-            for (int k = 0; k < ncols; k++)
+            for (int k = 0; k < nout; k++)
                 names[k] = PQfname(r, k);
             rc = sink && sink->columns
-                     ? sink->columns(sink->ctx, (size_t)ncols, names)
+                     ? sink->columns(sink->ctx, (size_t)nout, names)
                      : 0;
             free(names);
             columns_sent = true;
@@ -1249,6 +1925,14 @@ int pgq_query(pgq_conn *c, const sq_product *product,
             unsigned char **blobs = calloc((size_t)ncols + 1, sizeof(*blobs));
             uint64_t bytes = 0;
 
+            if (min > 0 &&
+                (PQgetisnull(r, i, ncols - 1) ||
+                 strtoll(PQgetvalue(r, i, ncols - 1), NULL, 10) < min)) {
+                st.suppressed++;
+                free(vals);
+                free(blobs);
+                continue;
+            }
             if (st.rows >= max_rows) {
                 st.truncated = true;
                 done = true;
@@ -1259,7 +1943,7 @@ int pgq_query(pgq_conn *c, const sq_product *product,
             if (vals == NULL || blobs == NULL) {
                 rc = polis_error_set(err, POLIS_ENOMEM, NULL, "out of memory");
             }
-            for (int k = 0; rc == 0 && k < ncols; k++) {
+            for (int k = 0; rc == 0 && k < nout; k++) {
                 rc = convert_value(r, i, k, &vals[k], &blobs[k], err);
                 if (vals[k].type == SQ_TEXT || vals[k].type == SQ_BLOB)
                     bytes += vals[k].len;
@@ -1271,14 +1955,14 @@ int pgq_query(pgq_conn *c, const sq_product *product,
                 done = true;
             } else if (rc == 0) {
                 rc = sink && sink->row
-                         ? sink->row(sink->ctx, (size_t)ncols, vals)
+                         ? sink->row(sink->ctx, (size_t)nout, vals)
                          : 0;
                 if (rc == 0) {
                     st.rows++;
                     st.bytes += bytes;
                 }
             }
-            for (int k = 0; blobs && k < ncols; k++)
+            for (int k = 0; blobs && k < nout; k++)
                 PQfreemem(blobs[k]);
             free(vals);
             free(blobs);

@@ -742,7 +742,7 @@ static void test_params_bound(void)
     json_decref(p);
 }
 
-static void test_deny_and_min_group_size(void)
+static void test_deny(void)
 {
     static const who nobody = {"nob", "nobody", "EU"};
     result r;
@@ -750,11 +750,160 @@ static void test_deny_and_min_group_size(void)
     run_on(&nobody, "sales/orders", "orders", "SELECT 1", NULL, NULL, &r, NULL);
     CU_ASSERT_EQUAL(r.rc, POLIS_EDENIED);
     free(r.text);
-    run_on(&auditor, "sales/orders", "orders",
-           "SELECT region, count(*) FROM orders GROUP BY region", NULL, NULL,
-           &r, NULL);
-    CU_ASSERT_EQUAL(r.rc, POLIS_EDENIED);
-    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "at least 3"));
+}
+
+/* ---- minimum group size (auditors: 3; EU 4 rows, US 2, APAC 1) ---------- */
+
+static void run_aud(const char *sql, const json_t *params, result *r)
+{
+    run_on(&auditor, "sales/orders", "orders", sql, params, NULL, r, NULL);
+}
+
+static void expect_groups(const char *sql, const char *want,
+                          uint64_t suppressed)
+{
+    result r;
+
+    run_aud(sql, NULL, &r);
+    expect_text(&r, want);
+    if (r.stats.suppressed != suppressed)
+        fprintf(stderr, "\n%s\n  -> suppressed %llu, want %llu\n", sql,
+                (unsigned long long)r.stats.suppressed,
+                (unsigned long long)suppressed);
+    CU_ASSERT_EQUAL(r.stats.suppressed, suppressed);
+    /* The group-size column never reaches the sink: every row has the
+     * header's width, and no column the consumer did not name is there. */
+    {
+        const char *line = r.text;
+        int header = -1;
+        while (*line) {
+            const char *nl = strchr(line, '\n');
+            int bars = 0;
+            for (const char *q = line; q < nl; q++)
+                bars += *q == '|';
+            if (header < 0)
+                header = bars;
+            CU_ASSERT_EQUAL(bars, header);
+            line = nl + 1;
+        }
+    }
+    if (strstr(sql, "polis_n_") == NULL)
+        CU_ASSERT_PTR_NULL(strstr(r.text, "polis_n_"));
+    free(r.text);
+}
+
+static void test_min_group_size_suppresses_small_groups(void)
+{
+    json_t *p = json_pack("[s]", "EU");
+    result r;
+
+    expect_groups("SELECT region, count(*) AS n FROM orders GROUP BY region "
+                  "ORDER BY region",
+                  "region|n\nEU|4\n", 2);
+    expect_groups("SELECT region, sum(amount) AS total, min(order_date) "
+                  "FROM orders AS o WHERE amount > 0 GROUP BY region "
+                  "HAVING count(*) > 0 ORDER BY total DESC LIMIT 5",
+                  "region|total|min\nEU|100.5|2024-01-05\n", 2);
+    expect_groups("SELECT o.region, count(*) FROM orders o GROUP BY o.region",
+                  "region|count\nEU|4\n", 2);
+    /* One group: the whole filtered table, or nothing. */
+    expect_groups("SELECT count(*), avg(amount)::int FROM orders",
+                  "count|avg\n7|347\n", 0);
+    expect_groups("SELECT count(*) FROM orders WHERE region = 'US'", "count\n",
+                  1);
+    expect_groups("SELECT count(*) FROM orders WHERE false", "count\n", 1);
+    expect_groups("SELECT region, count(*) FROM orders GROUP BY region "
+                  "HAVING count(*) < 3",
+                  "region|count\n", 2);
+    /* Comments nest in PostgreSQL: the customer_email is commented out. */
+    expect_groups("SELECT count(*) /* a /* b */ , customer_email */ "
+                  "FROM orders -- trailing\n;",
+                  "count\n7\n", 0);
+    /* A consumer's own column may be called like ours. */
+    expect_groups("SELECT count(*) AS polis_n_0 FROM orders", "polis_n_0\n7\n",
+                  0);
+    expect_groups("SELECT region, count(*) FROM orders GROUP BY region "
+                  "ORDER BY 2 DESC LIMIT 2 OFFSET 0",
+                  "region|count\nEU|4\n", 1);
+    run_aud("SELECT count(*) AS n FROM orders WHERE region = $1", p, &r);
+    expect_text(&r, "n\n4\n");
+    free(r.text);
+    json_decref(p);
+}
+
+static void test_min_group_size_refuses_other_shapes(void)
+{
+    static const char *const refused[] = {
+        "SELECT * FROM orders",
+        "SELECT customer_email FROM orders",
+        "SELECT region, customer_email FROM orders GROUP BY region",
+        "SELECT region, count(*) FROM orders GROUP BY region "
+        "UNION ALL SELECT 'x', 1",
+        "SELECT count(*) FROM orders WHERE amount > "
+        "(SELECT avg(amount) FROM orders)",
+        "SELECT count(*) FROM orders JOIN orders o2 ON true",
+        "SELECT count(*) FROM orders, orders o2",
+        "WITH x AS (SELECT * FROM orders) SELECT count(*) FROM x",
+        "SELECT region, count(*) OVER () FROM orders GROUP BY region",
+        "SELECT region, string_agg(customer_email, ',') FROM orders "
+        "GROUP BY region",
+        "SELECT region, json_agg(t) FROM orders t GROUP BY region",
+        "SELECT region, count(*) FROM orders GROUP BY region "
+        "HAVING customer_email = 'x'",
+        "SELECT region, count(*) FROM orders GROUP BY region ORDER BY amount",
+        "SELECT count(*) FROM orders WHERE region = $$EU$$",
+        "SELECT count(*) FROM orders WHERE region = E'EU'",
+        "SELECT count(*) FROM orders; SELECT 1",
+        "SELECT count(*) FROM customers",
+        "SELECT count(*) FROM public.orders",
+        "SELECT count(*) FROM orders FOR UPDATE",
+        "TABLE orders",
+        "SELECT public.sum(amount) FROM orders",
+        "SELECT max(customer_email, 'x') FROM orders",
+        "SELECT count(*) FROM orders o(a, b)",
+        "SELECT count(*) FROM orders /* unterminated",
+        "SELECT count(*), lateral FROM orders",
+        NULL,
+    };
+    result r;
+
+    for (int i = 0; refused[i]; i++) {
+        run_aud(refused[i], NULL, &r);
+        if (r.rc != POLIS_EDENIED || !strstr(r.err.message, "at least 3") ||
+            r.rows != 0)
+            fprintf(stderr, "\n%s\n  -> rc %d, \"%s\"\n", refused[i], r.rc,
+                    r.err.message);
+        CU_ASSERT_EQUAL(r.rc, POLIS_EDENIED);
+        CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "at least 3"));
+        CU_ASSERT_EQUAL(r.rows, 0);
+        CU_ASSERT_FALSE(leaks(&r));
+        free(r.text);
+    }
+}
+
+/* An error raised while reading rows could quote one row's value: only
+ * its SQLSTATE is told (a parse error keeps PostgreSQL's message). */
+static void test_min_group_size_withholds_row_errors(void)
+{
+    result r;
+
+    run_on(&opener, "sales/orders", "orders",
+           "SELECT count(*) FROM orders WHERE region::int = 1", NULL, NULL, &r,
+           NULL);
+    CU_ASSERT_EQUAL(r.rc, POLIS_EINVAL);
+    /* Without a minimum group size the message names the value. */
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "\"EU\""));
+    free(r.text);
+    run_aud("SELECT count(*) FROM orders WHERE region::int = 1", NULL, &r);
+    CU_ASSERT_EQUAL(r.rc, POLIS_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "SQLSTATE 22P02"));
+    CU_ASSERT_PTR_NULL(strstr(r.err.message, "EU"));
+    CU_ASSERT_PTR_NULL(strstr(r.err.message, "US"));
+    CU_ASSERT_PTR_NULL(strstr(r.err.message, "APAC"));
+    free(r.text);
+    run_aud("SELECT count(*) FROM orders WHERE nosuchcol = 1", NULL, &r);
+    CU_ASSERT_EQUAL(r.rc, POLIS_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "nosuchcol"));
     free(r.text);
 }
 
@@ -918,7 +1067,13 @@ static const test_case cases[] = {
     {"writes_and_statements_refused", test_writes_and_statements_refused},
     {"subject_values_are_not_sql", test_subject_values_are_not_sql},
     {"params_bound", test_params_bound},
-    {"deny_and_min_group_size", test_deny_and_min_group_size},
+    {"deny", test_deny},
+    {"min_group_size_suppresses_small_groups",
+     test_min_group_size_suppresses_small_groups},
+    {"min_group_size_refuses_other_shapes",
+     test_min_group_size_refuses_other_shapes},
+    {"min_group_size_withholds_row_errors",
+     test_min_group_size_withholds_row_errors},
     {"limits", test_limits},
     {"connection_reuse", test_connection_reuse},
     {"session_ended_is_eio", test_session_ended_is_eio},
