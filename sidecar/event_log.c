@@ -521,6 +521,34 @@ static void *flusher_main(void *arg)
 
 /* ---- open / free ---- */
 
+/* A new log's directory entry must reach the disk before its records do. */
+static int fsync_parent(sc_event_log *log, polis_error *err)
+{
+    char *copy, *slash;
+    int fd, rc = 0;
+
+    if (log->opts.fsync == SC_EVENT_FSYNC_NEVER)
+        return 0;
+    copy = strdup(log->dir);
+    if (!copy)
+        return polis_error_set(err, POLIS_ENOMEM, log->dir, "no memory");
+    while ((slash = strrchr(copy, '/')) != NULL && slash[1] == '\0' &&
+           slash != copy)
+        *slash = '\0'; /* "a/b/" is "a/b" */
+    slash = strrchr(copy, '/');
+    const char *parent = !slash ? "." : slash == copy ? "/" : copy;
+    if (slash && slash != copy)
+        *slash = '\0';
+    fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0)
+        rc = polis_error_set(err, POLIS_EIO, parent, "fsync: %s",
+                             strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(copy);
+    return rc;
+}
+
 int sc_event_log_open(const sc_event_log_options *opts, sc_event_log **out,
                       polis_error *err)
 {
@@ -563,7 +591,11 @@ int sc_event_log_open(const sc_event_log_options *opts, sc_event_log **out,
         rc = polis_error_set(err, POLIS_ENOMEM, opts->dir, "no memory");
         goto out;
     }
-    if (mkdir(log->dir, 0755) != 0 && errno != EEXIST) {
+    if (mkdir(log->dir, 0755) == 0) {
+        rc = fsync_parent(log, err);
+        if (rc)
+            goto out;
+    } else if (errno != EEXIST) {
         rc = polis_error_set(err, POLIS_EIO, log->dir, "mkdir: %s",
                              strerror(errno));
         goto out;

@@ -799,11 +799,11 @@ static void *ack_writer(void *p)
     return NULL;
 }
 
-static void test_batch_acks_after_fsync(void)
+static unsigned run_ack_probe(sc_event_fsync mode)
 {
     fsync_probe probe = {.mu = PTHREAD_MUTEX_INITIALIZER};
     sc_event_log_options o = {.dir = fresh_dir("ack"),
-                              .fsync = SC_EVENT_FSYNC_BATCH,
+                              .fsync = mode,
                               .batch_interval_ms = 2,
                               .on_fsync = probe_hook,
                               .on_fsync_ctx = &probe};
@@ -819,13 +819,23 @@ static void test_batch_acks_after_fsync(void)
         CU_ASSERT_EQUAL(a[i].early, 0);
         CU_ASSERT_EQUAL(a[i].failures, 0);
     }
+    sc_event_log_free(log);
+    return probe.calls;
+}
+
+static void test_batch_acks_after_fsync(void)
+{
+    unsigned calls = run_ack_probe(SC_EVENT_FSYNC_BATCH);
     /* Group commit: fewer fsyncs than appends (each fsync takes 5 ms while
        three writers keep appending). */
-    CU_ASSERT(probe.calls >= 1);
-    CU_ASSERT(probe.calls < 180);
-    printf("\n    batch: 180 appends acknowledged with %u fsyncs\n",
-           probe.calls);
-    sc_event_log_free(log);
+    CU_ASSERT(calls >= 1);
+    CU_ASSERT(calls < 180);
+    printf("\n    batch: 180 appends acknowledged with %u fsyncs\n", calls);
+}
+
+static void test_always_acks_after_fsync(void)
+{
+    CU_ASSERT_EQUAL(run_ack_probe(SC_EVENT_FSYNC_ALWAYS), 180);
 }
 
 /* ---- bounds and errors ---- */
@@ -918,6 +928,7 @@ static const test_case event_log_cases[] = {
     {"concurrent_always", test_concurrent_always},
     {"concurrent_never", test_concurrent_never},
     {"batch_acks_after_fsync", test_batch_acks_after_fsync},
+    {"always_acks_after_fsync", test_always_acks_after_fsync},
     {"bounds_and_errors", test_bounds_and_errors},
     {"waiter_woken_by_append", test_waiter_woken_by_append},
     {NULL, NULL},
