@@ -55,8 +55,9 @@ void pgq_close(pgq_conn *conn);
  * else, numeric included, in PostgreSQL's text form); masked columns are
  * text.
  *
- * A decision with a minimum group size is refused (POLIS_EDENIED): this
- * engine does not implement the aggregate-only rule yet.
+ * With a minimum group size N, only a restricted aggregate query shape is
+ * run and groups of fewer than N rows are suppressed (stats->suppressed);
+ * other shapes are refused with POLIS_EDENIED (docs/internals/query.md).
  *
  * Returns 0 (stats filled; rows may have been truncated), or POLIS_EDENIED
  * (a deny, a write, a table or function the query role may not use, more
