@@ -5,12 +5,14 @@
  * loop).  A query runs on its loop's thread and writes its result to the
  * socket as it goes; a file streams chunk by chunk from the loop's write
  * callbacks, one reader step each time the previous chunk has gone out.
+ * An http port's request is relayed by http_proxy.c on the same loop.
  * Behaviour and error bodies: docs/sidecar.md "Product ports".
  */
 #include "sidecar/http_api.h"
 #include "common/admin_http.h"
 #include "policy/api/check.h"
 #include "sidecar/file_port.h"
+#include "sidecar/http_proxy.h"
 #include "sidecar/query_pg.h"
 
 #include <errno.h>
@@ -108,6 +110,8 @@ static const char *status_text(int code)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
     case 501:
         return "Not Implemented";
     case 503:
@@ -1311,6 +1315,70 @@ static bool handle_file(preq *p, const char *raw_name)
     return true;
 }
 
+/* ======================= HTTP port ====================================== */
+
+static void http_done(void *arg, int status, uint64_t bytes, bool ok)
+{
+    preq *p = arg;
+
+    record(p, ok ? "allow" : "error", status, 0, bytes);
+    preq_free(p);
+}
+
+/* Whether a raw path segment is "." or ".." (percent-encoded or not):
+ * such a segment would climb out of the upstream's base path. */
+static bool dot_segment(const char *s, size_t n)
+{
+    size_t dots = 0;
+
+    for (size_t i = 0; i < n;) {
+        if (s[i] == '.')
+            i++;
+        else if (n - i >= 3 && s[i] == '%' && s[i + 1] == '2' &&
+                 (s[i + 2] == 'e' || s[i + 2] == 'E'))
+            i += 3;
+        else
+            return false;
+        dots++;
+    }
+    return dots == 1 || dots == 2;
+}
+
+static bool climbs(const char *rest)
+{
+    while (*rest) {
+        size_t n = strcspn(rest, "/");
+
+        if (dot_segment(rest, n))
+            return true;
+        rest += n;
+        if (*rest == '/')
+            rest++;
+    }
+    return false;
+}
+
+/* The port's upstream gets the request; http_done records and frees p. */
+static void handle_http(preq *p, const char *rest)
+{
+    const char *upstream =
+        json_string_value(json_object_get(p->port_doc, "upstream"));
+    hp_identity id = {0};
+
+    if (upstream == NULL) {
+        fail(p, 500, "bad port", "the http port has no upstream");
+        preq_free(p);
+        return;
+    }
+    id.principal = p->principal;
+    id.groups = p->subject.subject.groups;
+    id.ngroups = p->subject.subject.ngroups;
+    id.purpose = p->has_purpose ? p->purpose : NULL;
+    id.rule = p->rule;
+    hp_forward(p->w->base, p->req, upstream, rest, &id,
+               p->h->o.proxy_timeout_ms, http_done, p);
+}
+
 /* ======================= routing ======================================== */
 
 /* A name segment [A-Za-z0-9_.-]{1,253} at *s, up to '/' or the end. */
@@ -1335,6 +1403,7 @@ static void handle_product(worker *w, struct evhttp_request *req,
     sc_http *h = w->h;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const char *s = path + strlen("/v1/products/"), *rest, *file = NULL;
+    const char *http_rest = NULL;
     size_t dn = segment(s), pn;
     preq *p = calloc(1, sizeof(*p));
 
@@ -1359,10 +1428,13 @@ static void handle_product(worker *w, struct evhttp_request *req,
     else if (strncmp(rest, "/files/", 7) == 0) {
         p->port = POL_PORT_FILE;
         file = rest + 7;
+    } else if (strcmp(rest, "/http") == 0 || strncmp(rest, "/http/", 6) == 0) {
+        p->port = POL_PORT_HTTP;
+        http_rest = rest[5] ? rest + 6 : "";
     } else {
         reply_error(req, 404, "Not Found", "not found",
-                    "product paths are /v1/products/{domain}/{product}/query "
-                    "and .../files/[name]");
+                    "product paths are /v1/products/{domain}/{product}/query, "
+                    ".../files/[name] and .../http/[path]");
         preq_free(p);
         return;
     }
@@ -1382,8 +1454,18 @@ static void handle_product(worker *w, struct evhttp_request *req,
         preq_free(p);
         return;
     }
+    if (http_rest && climbs(http_rest)) {
+        fail(p, 400, "bad request",
+             "a \".\" or \"..\" segment in the path of an http port");
+        preq_free(p);
+        return;
+    }
     if (admit(p) != 0) {
         preq_free(p);
+        return;
+    }
+    if (http_rest) {
+        handle_http(p, http_rest);
         return;
     }
     /* Another domain's products are not in this domain's catalogue, so
@@ -1504,6 +1586,8 @@ int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err)
     h->o = *opts;
     if (h->o.write_timeout_ms <= 0)
         h->o.write_timeout_ms = 30000;
+    if (h->o.proxy_timeout_ms <= 0)
+        h->o.proxy_timeout_ms = 30000;
     h->nworkers = opts->workers > 0 ? opts->workers : 4;
     if (h->nworkers > SC_HTTP_MAX_WORKERS)
         h->nworkers = SC_HTTP_MAX_WORKERS;

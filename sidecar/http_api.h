@@ -1,9 +1,9 @@
 /*
  * http_api.h — the sidecar's HTTP port (--listen) on libevent's evhttp:
  * POST /v1/check (the Check API as JSON) and the product ports
- * /v1/products/{domain}/{product}/query and .../files/[name]
- * (docs/sidecar.md).  N event loops, one thread each, accept on one
- * listening socket.
+ * /v1/products/{domain}/{product}/query, .../files/[name] and
+ * .../http/{path} (docs/sidecar.md).  N event loops, one thread each,
+ * accept on one listening socket.
  */
 #ifndef POLIS_SC_HTTP_API_H
 #define POLIS_SC_HTTP_API_H
@@ -34,6 +34,8 @@ typedef struct sc_http_options {
     sq_limits query;        /* limits of one query (0: SQ_DEFAULT_*) */
     int write_timeout_ms;   /* a consumer that reads nothing this long is
                                dropped; 0: 30000 */
+    int proxy_timeout_ms;   /* HTTP port: an upstream silent this long is a
+                               504; 0: 30000 */
 } sc_http_options;
 
 /*

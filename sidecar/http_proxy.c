@@ -1,0 +1,442 @@
+/*
+ * http_proxy.c — the HTTP port's reverse proxy (http_proxy.h): one evhttp
+ * client connection per request on the serving loop, end-to-end headers
+ * copied, the caller's identity added, the response relayed chunk by chunk
+ * with upstream reads paused while the client lags.
+ */
+#include "sidecar/http_proxy.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+
+#include <event2/keyvalq_struct.h>
+#include <sys/socket.h>
+#include <time.h>
+
+/* Above this many bytes waiting for the client, upstream reads pause. */
+#define HP_HIGH_WATER (1024 * 1024)
+/* Timeouts of the client's keep-alive connection once we are done. */
+#define HP_IDLE_TIMEOUT_S 30
+#define HP_MAX_TARGET     8192
+
+typedef struct hp_ctx {
+    struct event_base *base;
+    struct evhttp_request *req;       /* the client's */
+    struct evhttp_connection *cevcon; /* the client's connection */
+    struct evhttp_connection *uevcon; /* ours to the upstream */
+    struct event *pause_ev;           /* deferred: pause upstream reads */
+    struct event *reap_ev;            /* deferred: free uevcon and us */
+    hp_done_fn done;
+    void *arg;
+    int timeout_ms;
+    struct timespec t0;
+    enum evhttp_request_error uerr;
+    bool failed, started, finished, paused;
+    int status;
+    uint64_t bytes;
+} hp_ctx;
+
+static const char *const hop_headers[] = {
+    "Connection", "Keep-Alive",      "TE", "Trailer", "Transfer-Encoding",
+    "Upgrade",    "Proxy-Connection"};
+
+bool hp_hop_by_hop(const char *name)
+{
+    if (strncasecmp(name, "Proxy-", 6) == 0)
+        return true;
+    for (size_t i = 0; i < sizeof(hop_headers) / sizeof(hop_headers[0]); i++)
+        if (strcasecmp(name, hop_headers[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Whether `name` is one of the comma-separated tokens of the Connection
+ * headers in `hdrs` (those are hop-by-hop too). */
+static bool connection_names(struct evkeyvalq *hdrs, const char *name)
+{
+    size_t n = strlen(name);
+    struct evkeyval *kv;
+
+    TAILQ_FOREACH(kv, hdrs, next)
+    {
+        const char *s = kv->value;
+
+        if (strcasecmp(kv->key, "Connection") != 0)
+            continue;
+        while (*s) {
+            size_t len;
+
+            while (*s == ' ' || *s == '\t' || *s == ',')
+                s++;
+            len = strcspn(s, ", \t");
+            if (len == n && strncasecmp(s, name, n) == 0)
+                return true;
+            s += len;
+        }
+    }
+    return false;
+}
+
+static bool end_to_end(struct evkeyvalq *hdrs, const char *name)
+{
+    return !hp_hop_by_hop(name) && !connection_names(hdrs, name);
+}
+
+static void set_client_timeouts(hp_ctx *c, int read_s, int write_s)
+{
+    struct bufferevent *bev =
+        c->cevcon ? evhttp_connection_get_bufferevent(c->cevcon) : NULL;
+    struct timeval r = {read_s, 0}, w = {write_s, 0};
+
+    if (bev)
+        bufferevent_set_timeouts(bev, read_s ? &r : NULL, write_s ? &w : NULL);
+}
+
+static void reply_gateway(struct evhttp_request *req, int code)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "application/json");
+    if (b)
+        evbuffer_add_printf(b, "{\"error\":\"%s\"}\n",
+                            code == 504 ? "gateway timeout" : "bad gateway");
+    evhttp_send_reply(req, code,
+                      code == 504 ? "Gateway Timeout" : "Bad Gateway", b);
+    if (b)
+        evbuffer_free(b);
+}
+
+static void ctx_free(hp_ctx *c)
+{
+    if (c->uevcon)
+        evhttp_connection_free(c->uevcon);
+    if (c->pause_ev)
+        event_free(c->pause_ev);
+    if (c->reap_ev)
+        event_free(c->reap_ev);
+    free(c);
+}
+
+/* Freeing the upstream connection from inside one of its own callbacks
+ * is unsafe: it is done from a deferred event instead. */
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ctx_free(arg);
+}
+
+static void finish(hp_ctx *c, bool ok)
+{
+    c->finished = true;
+    if (c->cevcon) {
+        evhttp_connection_set_closecb(c->cevcon, NULL, NULL);
+        set_client_timeouts(c, HP_IDLE_TIMEOUT_S, HP_IDLE_TIMEOUT_S);
+    }
+    c->done(c->arg, c->status, c->bytes, ok);
+    event_active(c->reap_ev, EV_TIMEOUT, 0);
+}
+
+static int64_t elapsed_ms(const hp_ctx *c)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)(t.tv_sec - c->t0.tv_sec) * 1000 +
+           (t.tv_nsec - c->t0.tv_nsec) / 1000000;
+}
+
+/* The client hung up: drop the upstream exchange and our state now (we
+ * are in the client connection's callback, not the upstream's). */
+static void on_client_closed(struct evhttp_connection *evcon, void *arg)
+{
+    hp_ctx *c = arg;
+
+    (void)evcon;
+    c->cevcon = NULL;
+    c->finished = true;
+    if (evhttp_request_get_connection(c->req) == NULL)
+        evhttp_send_reply_end(c->req); /* frees the detached request */
+    c->done(c->arg, c->status ? c->status : 499, c->bytes, false);
+    ctx_free(c);
+}
+
+static void on_sent(struct evhttp_connection *evcon, void *arg)
+{
+    hp_ctx *c = arg;
+    struct bufferevent *ubev =
+        c->uevcon ? evhttp_connection_get_bufferevent(c->uevcon) : NULL;
+
+    (void)evcon;
+    if (c->paused && ubev) {
+        c->paused = false;
+        bufferevent_enable(ubev, EV_READ);
+    }
+}
+
+/* Run after evhttp's read handler returned (it re-enables reading). */
+static void on_pause(evutil_socket_t fd, short what, void *arg)
+{
+    hp_ctx *c = arg;
+    struct bufferevent *cbev =
+        c->cevcon ? evhttp_connection_get_bufferevent(c->cevcon) : NULL;
+    struct bufferevent *ubev =
+        c->uevcon ? evhttp_connection_get_bufferevent(c->uevcon) : NULL;
+
+    (void)fd;
+    (void)what;
+    if (c->finished || cbev == NULL || ubev == NULL)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(cbev)) > HP_HIGH_WATER) {
+        c->paused = true;
+        bufferevent_disable(ubev, EV_READ);
+    }
+}
+
+static int on_headers(struct evhttp_request *ureq, void *arg)
+{
+    hp_ctx *c = arg;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(ureq);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(c->req);
+    const char *line = evhttp_request_get_response_code_line(ureq);
+    struct evkeyval *kv;
+
+    if (c->finished)
+        return -1;
+    c->status = evhttp_request_get_response_code(ureq);
+    TAILQ_FOREACH(kv, in, next)
+    if (end_to_end(in, kv->key))
+        evhttp_add_header(out, kv->key, kv->value);
+    evhttp_send_reply_start(c->req, c->status, line && *line ? line : "-");
+    c->started = true;
+    return 0;
+}
+
+static void on_chunk(struct evhttp_request *ureq, void *arg)
+{
+    hp_ctx *c = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(ureq);
+    struct bufferevent *cbev =
+        c->cevcon ? evhttp_connection_get_bufferevent(c->cevcon) : NULL;
+
+    if (c->finished || !c->started)
+        return;
+    c->bytes += evbuffer_get_length(in);
+    evhttp_send_reply_chunk_with_cb(c->req, in, on_sent, c);
+    if (cbev &&
+        evbuffer_get_length(bufferevent_get_output(cbev)) > HP_HIGH_WATER)
+        event_active(c->pause_ev, EV_TIMEOUT, 0);
+}
+
+static void on_error(enum evhttp_request_error e, void *arg)
+{
+    hp_ctx *c = arg;
+
+    c->failed = true;
+    c->uerr = e;
+}
+
+static void on_done(struct evhttp_request *ureq, void *arg)
+{
+    hp_ctx *c = arg;
+    bool failed = c->failed || ureq == NULL ||
+                  evhttp_request_get_response_code(ureq) == 0;
+
+    if (c->finished)
+        return;
+    if (!failed) {
+        if (!c->started)
+            on_headers(ureq, c);
+        finish(c, true);
+        evhttp_send_reply_end(c->req);
+        return;
+    }
+    if (!c->started) {
+        /* libevent reports a refused connect as a timeout too: only a
+         * failure that took the whole timeout is one. */
+        bool timeout = (c->uerr == EVREQ_HTTP_TIMEOUT || c->uerr == 0) &&
+                       elapsed_ms(c) >= c->timeout_ms - c->timeout_ms / 10;
+        c->status = timeout ? 504 : 502;
+        finish(c, false);
+        reply_gateway(c->req, c->status);
+        return;
+    }
+    /* Mid-body: cut the client's connection so that the transfer is
+     * visibly incomplete (no last chunk, or fewer bytes than announced). */
+    {
+        struct bufferevent *cbev =
+            c->cevcon ? evhttp_connection_get_bufferevent(c->cevcon) : NULL;
+        struct evhttp_request *req = c->req;
+
+        finish(c, false);
+        if (cbev)
+            shutdown((int)bufferevent_getfd(cbev), SHUT_RDWR);
+        evhttp_send_reply_end(req);
+    }
+}
+
+/* The request target at the upstream: its base path, "/", rest, query. */
+static int build_target(const struct evhttp_uri *up, const char *rest,
+                        const char *query, char *buf, size_t len)
+{
+    const char *base = evhttp_uri_get_path(up);
+    size_t bl = base ? strlen(base) : 0;
+    int n;
+
+    while (bl > 0 && base[bl - 1] == '/')
+        bl--;
+    n = snprintf(buf, len, "%.*s/%s%s%s", (int)bl, base ? base : "", rest,
+                 query ? "?" : "", query ? query : "");
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+static bool polis_header(const char *name)
+{
+    return strncasecmp(name, "Polis-", 6) == 0;
+}
+
+static void copy_request_headers(hp_ctx *c, struct evhttp_request *ureq,
+                                 const struct evhttp_uri *up, const char *host,
+                                 int port, const hp_identity *id)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(c->req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(ureq);
+    const char *xff = evhttp_find_header(in, "X-Forwarded-For");
+    char line[4096], *peer = NULL;
+    ev_uint16_t peer_port = 0;
+    struct evkeyval *kv;
+    size_t used = 0;
+
+    (void)up;
+    TAILQ_FOREACH(kv, in, next)
+    {
+        if (!end_to_end(in, kv->key) || polis_header(kv->key) ||
+            strcasecmp(kv->key, "Authorization") == 0 ||
+            strcasecmp(kv->key, "Host") == 0 ||
+            strcasecmp(kv->key, "Content-Length") == 0 ||
+            strcasecmp(kv->key, "Expect") == 0 ||
+            strcasecmp(kv->key, "X-Forwarded-For") == 0)
+            continue;
+        evhttp_add_header(out, kv->key, kv->value);
+    }
+    if (port == 80)
+        snprintf(line, sizeof(line), "%s", host);
+    else
+        snprintf(line, sizeof(line), "%s:%d", host, port);
+    evhttp_add_header(out, "Host", line);
+    evhttp_add_header(out, "Polis-Principal", id->principal);
+    line[0] = '\0';
+    for (size_t i = 0; i < id->ngroups; i++) {
+        int n = snprintf(line + used, sizeof(line) - used, "%s%s", i ? "," : "",
+                         id->groups[i]);
+        if (n < 0 || (size_t)n >= sizeof(line) - used)
+            break;
+        used += (size_t)n;
+    }
+    line[used] = '\0';
+    evhttp_add_header(out, "Polis-Groups", line);
+    if (id->purpose)
+        evhttp_add_header(out, "Polis-Purpose", id->purpose);
+    if (id->rule && *id->rule)
+        evhttp_add_header(out, "Polis-Decision-Rule", id->rule);
+    if (c->cevcon)
+        evhttp_connection_get_peer(c->cevcon, &peer, &peer_port);
+    if (peer) {
+        if (xff && *xff)
+            snprintf(line, sizeof(line), "%s, %s", xff, peer);
+        else
+            snprintf(line, sizeof(line), "%s", peer);
+        evhttp_add_header(out, "X-Forwarded-For", line);
+    }
+}
+
+void hp_forward(struct event_base *base, struct evhttp_request *req,
+                const char *upstream, const char *rest, const hp_identity *id,
+                int timeout_ms, hp_done_fn done, void *arg)
+{
+    struct evhttp_uri *up = evhttp_uri_parse(upstream);
+    const char *query =
+        evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    struct evbuffer *body = evhttp_request_get_input_buffer(req);
+    struct evhttp_request *ureq = NULL;
+    const char *host = up ? evhttp_uri_get_host(up) : NULL;
+    const char *scheme = up ? evhttp_uri_get_scheme(up) : NULL;
+    int port = up ? evhttp_uri_get_port(up) : -1;
+    char target[HP_MAX_TARGET];
+    struct timeval tv;
+    hp_ctx *c = calloc(1, sizeof(*c));
+
+    if (c == NULL) {
+        if (up)
+            evhttp_uri_free(up);
+        reply_gateway(req, 502);
+        done(arg, 502, 0, false);
+        return;
+    }
+    c->base = base;
+    c->req = req;
+    c->cevcon = evhttp_request_get_connection(req);
+    c->done = done;
+    c->arg = arg;
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+    clock_gettime(CLOCK_MONOTONIC, &c->t0);
+    c->pause_ev = event_new(base, -1, 0, on_pause, c);
+    c->reap_ev = event_new(base, -1, 0, on_reap, c);
+    if (port < 0)
+        port = 80;
+    /* https upstreams would need a TLS bufferevent: refused as a 502. */
+    if (c->pause_ev == NULL || c->reap_ev == NULL || host == NULL ||
+        scheme == NULL || strcasecmp(scheme, "http") != 0 ||
+        build_target(up, rest, query, target, sizeof(target)) != 0)
+        goto fail;
+    c->uevcon = evhttp_connection_base_new(base, NULL, host, (uint16_t)port);
+    ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
+    if (ureq == NULL)
+        goto fail;
+    tv.tv_sec = c->timeout_ms / 1000;
+    tv.tv_usec = (c->timeout_ms % 1000) * 1000;
+    evhttp_connection_set_timeout_tv(c->uevcon, &tv);
+    evhttp_connection_set_retries(c->uevcon, 0);
+    evhttp_request_set_header_cb(ureq, on_headers);
+    evhttp_request_set_chunked_cb(ureq, on_chunk);
+    evhttp_request_set_error_cb(ureq, on_error);
+    copy_request_headers(c, ureq, up, host, port, id);
+    if (evbuffer_get_length(body) > 0 || cmd == EVHTTP_REQ_POST ||
+        cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_PATCH) {
+        char n[32];
+        snprintf(n, sizeof(n), "%zu", evbuffer_get_length(body));
+        evhttp_add_header(evhttp_request_get_output_headers(ureq),
+                          "Content-Length", n);
+        evbuffer_add_buffer(evhttp_request_get_output_buffer(ureq), body);
+    }
+    evhttp_uri_free(up);
+    up = NULL;
+    /* While we wait for the upstream, the client's connection must not
+     * time out on reads (it sends nothing more); writes keep a bound. */
+    set_client_timeouts(c, 0, HP_IDLE_TIMEOUT_S);
+    if (c->cevcon)
+        evhttp_connection_set_closecb(c->cevcon, on_client_closed, c);
+    /* On failure evhttp_make_request frees ureq itself. */
+    if (evhttp_make_request(c->uevcon, ureq, cmd, target) != 0) {
+        if (c->cevcon)
+            evhttp_connection_set_closecb(c->cevcon, NULL, NULL);
+        goto fail;
+    }
+    return;
+fail:
+    if (up)
+        evhttp_uri_free(up);
+    c->status = 502;
+    reply_gateway(req, 502);
+    c->finished = true;
+    done(arg, 502, 0, false);
+    ctx_free(c);
+}

@@ -1,0 +1,49 @@
+/*
+ * http_proxy.h — the HTTP port's reverse proxy: one admitted request on
+ * the sidecar's evhttp listener forwarded to the product's upstream with
+ * libevent's evhttp client on the same event loop, the answer streamed
+ * back chunk by chunk (docs/sidecar.md "HTTP port").
+ */
+#ifndef POLIS_SC_HTTP_PROXY_H
+#define POLIS_SC_HTTP_PROXY_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Who is calling, as the upstream is told (Polis-* request headers).
+ * Everything is borrowed for the duration of hp_forward only. */
+typedef struct hp_identity {
+    const char *principal;
+    const char *const *groups;
+    size_t ngroups;
+    const char *purpose; /* NULL: none */
+    const char *rule;    /* the allowing rule, NULL or "": none */
+} hp_identity;
+
+/* How a proxied request ended, for the access record: the status sent to
+ * the client (502/504 included), the response body bytes handed to it,
+ * and whether the transfer completed. */
+typedef void (*hp_done_fn)(void *arg, int status, uint64_t bytes, bool ok);
+
+/*
+ * Forward `req` (the client's request, served by `base`) to `upstream`
+ * ("http://host[:port][/base]") + "/" + `rest` (raw, already checked by
+ * the caller to hold no "." or ".." segment) + the request's query
+ * string.  Always answers the client: 502 {"error":"bad gateway"} when
+ * the upstream cannot be reached, resets or answers garbage, 504 when it
+ * says nothing for timeout_ms; a failure after the answer started cuts the
+ * client connection so the transfer is visibly broken.  `done` is called
+ * exactly once, possibly before hp_forward returns, after the answer is
+ * finished or abandoned; `req` must not be touched by the caller after it.
+ */
+void hp_forward(struct event_base *base, struct evhttp_request *req,
+                const char *upstream, const char *rest, const hp_identity *id,
+                int timeout_ms, hp_done_fn done, void *arg);
+
+/* A hop-by-hop header (RFC 9110 7.6.1 and the Proxy-* family), by name. */
+bool hp_hop_by_hop(const char *name);
+
+#endif
