@@ -142,6 +142,9 @@ static void *up_conn(void *arg)
         send_all(fd, head, strlen(head));
         send_all(fd, part, sizeof(part));
         sleep_ms(100);
+    } else if (strncmp(path, "/base/garbage", 13) == 0) {
+        send_all(fd, "SPEAKING NONSENSE\r\n\r\n", 21);
+        sleep_ms(50);
     } else if (strncmp(path, "/base/big", 9) == 0) {
         /* 10 MB chunked, 64 KiB at a time with pauses: ~1.5 s. */
         static char chunk[64 * 1024];
@@ -804,6 +807,60 @@ static void test_access_records(void)
     json_decref(down);
 }
 
+/* Garbage from the upstream is a 502; a request body over the bound is a
+ * 413 from the sidecar itself. */
+static void test_bad_upstream_and_big_request(void)
+{
+    json_t *ans = NULL;
+    body b = {0};
+    size_t n = 3 * 1024 * 1024;
+    char *big = malloc(n + 1);
+
+    CU_ASSERT_EQUAL(
+        get_json("/v1/products/sales/api/http/garbage", ALICE, &ans), 502);
+    CU_ASSERT_STRING_EQUAL(jstr(ans, "error"), "bad gateway");
+    json_decref(ans);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+    memset(big, 'x', n);
+    big[n] = '\0';
+    CU_ASSERT_EQUAL(
+        http("POST", "/v1/products/sales/api/http/echo", ALICE, big, &b, NULL),
+        413);
+    free(b.data);
+    free(big);
+}
+
+/* Two requests on one client connection: the proxied answer leaves the
+ * keep-alive connection usable (the upstream's "Connection: close" is not
+ * passed on). */
+static void test_keep_alive(void)
+{
+    CURL *h = curl_easy_init();
+    struct curl_slist *hdr =
+        curl_slist_append(NULL, "Authorization: Bearer " ALICE);
+    body b = {0};
+    char url[256];
+    long status = 0, connects = -1;
+
+    snprintf(url, sizeof(url), "%s/v1/products/sales/api/http/ka",
+             sc->http_url);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(curl_easy_perform(h), CURLE_OK);
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        CU_ASSERT_EQUAL(status, 201);
+        curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &connects);
+        CU_ASSERT_EQUAL(connects, i == 0 ? 1 : 0);
+    }
+    free(b.data);
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(h);
+}
+
 /* Clients that go away — mid-body, or while the upstream is still silent —
  * end the upstream exchange; the sidecar serves on (and clean_exit checks
  * that nothing leaked). */
@@ -861,6 +918,8 @@ static const test_case cases[] = {
     {"upstream_dies_mid_body", test_upstream_dies_mid_body},
     {"big_body_streamed", test_big_body_streamed},
     {"access_records", test_access_records},
+    {"bad_upstream_and_big_request", test_bad_upstream_and_big_request},
+    {"keep_alive", test_keep_alive},
     {"client_hangs_up", test_client_hangs_up},
     {"clean_exit", test_clean_exit},
     {NULL, NULL},
