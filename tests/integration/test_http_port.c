@@ -134,6 +134,19 @@ static void *up_conn(void *arg)
             if (poll(&p, 1, 100) > 0 && recv(fd, &c, 1, 0) <= 0)
                 break;
         }
+    } else if (strncmp(path, "/base/stall", 11) == 0) {
+        static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: "
+                                   "100000\r\nContent-Type: text/plain\r\n\r\n";
+        char part[1000];
+        memset(part, 's', sizeof(part));
+        send_all(fd, head, strlen(head));
+        send_all(fd, part, sizeof(part));
+        while (!atomic_load(&up_stop)) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            char c;
+            if (poll(&p, 1, 100) > 0 && recv(fd, &c, 1, 0) <= 0)
+                break;
+        }
     } else if (strncmp(path, "/base/die", 9) == 0) {
         static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: "
                                    "100000\r\nContent-Type: text/plain\r\n\r\n";
@@ -807,6 +820,31 @@ static void test_access_records(void)
     json_decref(down);
 }
 
+/* An upstream that goes silent after its status line: the timeout cuts the
+ * client's transfer.  Needs a sidecar with --proxy-timeout-ms (with the
+ * 30 s default the suite would take too long). */
+static void test_upstream_stalls_mid_body(void)
+{
+    body b = {0};
+    int64_t t0 = now_ms(), took;
+    json_t *ans = NULL;
+
+    if (!short_timeout) {
+        printf("(skipped: no --proxy-timeout-ms) ");
+        return;
+    }
+    CU_ASSERT_EQUAL(
+        http(NULL, "/v1/products/sales/api/http/stall", ALICE, NULL, &b, NULL),
+        -1);
+    took = now_ms() - t0;
+    CU_ASSERT_EQUAL(b.len, 1000);
+    CU_ASSERT(took >= PROXY_TIMEOUT_MS - 100 && took < PROXY_TIMEOUT_MS + 3000);
+    free(b.data);
+    CU_ASSERT_EQUAL(get_json("/v1/products/sales/api/http/next", ALICE, &ans),
+                    201);
+    json_decref(ans);
+}
+
 /* Garbage from the upstream is a 502; a request body over the bound is a
  * 413 from the sidecar itself. */
 static void test_bad_upstream_and_big_request(void)
@@ -920,6 +958,7 @@ static const test_case cases[] = {
     {"access_records", test_access_records},
     {"bad_upstream_and_big_request", test_bad_upstream_and_big_request},
     {"keep_alive", test_keep_alive},
+    {"upstream_stalls_mid_body", test_upstream_stalls_mid_body},
     {"client_hangs_up", test_client_hangs_up},
     {"clean_exit", test_clean_exit},
     {NULL, NULL},
