@@ -1376,7 +1376,8 @@ static void handle_http(preq *p, const char *rest)
     id.purpose = p->has_purpose ? p->purpose : NULL;
     id.rule = p->rule;
     hp_forward(p->w->base, p->req, upstream, rest, &id,
-               p->h->o.proxy_timeout_ms, http_done, p);
+               p->h->o.proxy_timeout_ms, p->h->o.write_timeout_ms, http_done,
+               p);
 }
 
 /* ======================= routing ======================================== */

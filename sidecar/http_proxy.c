@@ -35,6 +35,7 @@ typedef struct hp_ctx {
     hp_done_fn done;
     void *arg;
     int timeout_ms;
+    int write_timeout_ms;
     struct timespec t0;
     enum evhttp_request_error uerr;
     bool failed, started, finished, paused;
@@ -88,14 +89,16 @@ static bool end_to_end(struct evkeyvalq *hdrs, const char *name)
     return !hp_hop_by_hop(name) && !connection_names(hdrs, name);
 }
 
-static void set_client_timeouts(hp_ctx *c, int read_s, int write_s)
+static void set_client_timeouts(hp_ctx *c, int read_ms, int write_ms)
 {
     struct bufferevent *bev =
         c->cevcon ? evhttp_connection_get_bufferevent(c->cevcon) : NULL;
-    struct timeval r = {read_s, 0}, w = {write_s, 0};
+    struct timeval r = {read_ms / 1000, (read_ms % 1000) * 1000};
+    struct timeval w = {write_ms / 1000, (write_ms % 1000) * 1000};
 
     if (bev)
-        bufferevent_set_timeouts(bev, read_s ? &r : NULL, write_s ? &w : NULL);
+        bufferevent_set_timeouts(bev, read_ms ? &r : NULL,
+                                 write_ms ? &w : NULL);
 }
 
 static void reply_gateway(struct evhttp_request *req, int code)
@@ -138,7 +141,8 @@ static void finish(hp_ctx *c, bool ok)
     c->finished = true;
     if (c->cevcon) {
         evhttp_connection_set_closecb(c->cevcon, NULL, NULL);
-        set_client_timeouts(c, HP_IDLE_TIMEOUT_S, HP_IDLE_TIMEOUT_S);
+        set_client_timeouts(c, HP_IDLE_TIMEOUT_S * 1000,
+                            HP_IDLE_TIMEOUT_S * 1000);
     }
     c->done(c->arg, c->status, c->bytes, ok);
     event_active(c->reap_ev, EV_TIMEOUT, 0);
@@ -359,7 +363,8 @@ static void copy_request_headers(hp_ctx *c, struct evhttp_request *ureq,
 
 void hp_forward(struct event_base *base, struct evhttp_request *req,
                 const char *upstream, const char *rest, const hp_identity *id,
-                int timeout_ms, hp_done_fn done, void *arg)
+                int timeout_ms, int write_timeout_ms, hp_done_fn done,
+                void *arg)
 {
     struct evhttp_uri *up = evhttp_uri_parse(upstream);
     const char *query =
@@ -387,6 +392,7 @@ void hp_forward(struct event_base *base, struct evhttp_request *req,
     c->done = done;
     c->arg = arg;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+    c->write_timeout_ms = write_timeout_ms > 0 ? write_timeout_ms : 30000;
     clock_gettime(CLOCK_MONOTONIC, &c->t0);
     c->pause_ev = event_new(base, -1, 0, on_pause, c);
     c->reap_ev = event_new(base, -1, 0, on_reap, c);
@@ -421,7 +427,7 @@ void hp_forward(struct event_base *base, struct evhttp_request *req,
     up = NULL;
     /* While we wait for the upstream, the client's connection must not
      * time out on reads (it sends nothing more); writes keep a bound. */
-    set_client_timeouts(c, 0, HP_IDLE_TIMEOUT_S);
+    set_client_timeouts(c, 0, c->write_timeout_ms);
     if (c->cevcon)
         evhttp_connection_set_closecb(c->cevcon, on_client_closed, c);
     /* On failure evhttp_make_request frees ureq itself. */

@@ -34,14 +34,16 @@ typedef void (*hp_done_fn)(void *arg, int status, uint64_t bytes, bool ok);
  * the caller to hold no "." or ".." segment) + the request's query
  * string.  Always answers the client: 502 {"error":"bad gateway"} when
  * the upstream cannot be reached, resets or answers garbage, 504 when it
- * says nothing for timeout_ms; a failure after the answer started cuts the
- * client connection so the transfer is visibly broken.  `done` is called
- * exactly once, possibly before hp_forward returns, after the answer is
- * finished or abandoned; `req` must not be touched by the caller after it.
+ * says nothing for timeout_ms; a client that takes nothing of the answer
+ * for write_timeout_ms is cut off (<= 0: 30000); a failure after the answer
+ * started cuts the client connection so the transfer is visibly broken.  `done`
+ * is called exactly once, possibly before hp_forward returns, after the answer
+ * is finished or abandoned; `req` must not be touched by the caller after it.
  */
 void hp_forward(struct event_base *base, struct evhttp_request *req,
                 const char *upstream, const char *rest, const hp_identity *id,
-                int timeout_ms, hp_done_fn done, void *arg);
+                int timeout_ms, int write_timeout_ms, hp_done_fn done,
+                void *arg);
 
 /* A hop-by-hop header (RFC 9110 7.6.1 and the Proxy-* family), by name. */
 bool hp_hop_by_hop(const char *name);
