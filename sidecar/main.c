@@ -42,6 +42,7 @@ typedef struct sc_config {
     int query_max_rows;
     int query_max_mb;
     int write_timeout_ms;
+    int proxy_timeout_ms;
     int shutdown_grace_ms;
     char log_level[16];
     char log_format[16];
@@ -91,6 +92,9 @@ static const config_option sc_options[] = {
     OPT("write-timeout-ms", CONFIG_INT, write_timeout_ms, "30000", 100, 3600000,
         "a consumer that takes nothing of a result for this long is cut "
         "off"),
+    OPT("proxy-timeout-ms", CONFIG_INT, proxy_timeout_ms, "30000", 10, 3600000,
+        "HTTP ports: an upstream that says nothing this long (connect, "
+        "between reads) is a 504"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
         "how long live calls may finish on shutdown"),
     OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
@@ -248,6 +252,7 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     ho.query.max_rows = (uint64_t)rt->conf.query_max_rows;
     ho.query.max_bytes = (uint64_t)rt->conf.query_max_mb * 1024 * 1024;
     ho.write_timeout_ms = rt->conf.write_timeout_ms;
+    ho.proxy_timeout_ms = rt->conf.proxy_timeout_ms;
     if ((rc = sc_http_start(&ho, &rt->http, err))) {
         polis_error_prefix_where(err, "--listen");
         return rc;
