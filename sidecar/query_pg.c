@@ -5,6 +5,7 @@
  * else, inside a read-only transaction, fetched through a cursor.
  * Design and the reasons behind it: docs/internals/query.md, "PostgreSQL".
  */
+#include "common/strbuf.h"
 #include "sidecar/query_pg.h"
 
 #include <libpq-fe.h>
@@ -54,78 +55,10 @@ struct pgq_conn {
 /* ---- small helpers ------------------------------------------------------- */
 
 /* A bounded growable string; rc keeps the first error. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int rc;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n)
-{
-    if (b->rc)
-        return;
-    if (b->len + n + 1 > VIEW_SQL_MAX) {
-        b->rc = POLIS_ETOOBIG;
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        char *np;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        np = realloc(b->p, cap);
-        if (np == NULL) {
-            b->rc = POLIS_ENOMEM;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(sbuf *b, const char *s)
-{
-    sb_putn(b, s, strlen(s));
-}
-
-static void sb_printf(sbuf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    char tmp[512], *big;
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        if (!b->rc)
-            b->rc = POLIS_EINTERNAL;
-        return;
-    }
-    if ((size_t)n < sizeof(tmp)) {
-        sb_putn(b, tmp, (size_t)n);
-        return;
-    }
-    if ((size_t)n >= VIEW_SQL_MAX || (big = malloc((size_t)n + 1)) == NULL) {
-        if (!b->rc)
-            b->rc = (size_t)n >= VIEW_SQL_MAX ? POLIS_ETOOBIG : POLIS_ENOMEM;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_putn(b, big, (size_t)n);
-    free(big);
-}
 
 /* Quote with libpq's own functions: identifiers and literals are never
  * quoted by hand. */
-static void sb_ident(sbuf *b, PGconn *c, const char *s)
+static void sb_ident(strbuf *b, PGconn *c, const char *s)
 {
     char *q = PQescapeIdentifier(c, s, strlen(s));
     if (q == NULL) {
@@ -133,11 +66,11 @@ static void sb_ident(sbuf *b, PGconn *c, const char *s)
             b->rc = POLIS_ENOMEM;
         return;
     }
-    sb_puts(b, q);
+    strbuf_puts(b, q);
     PQfreemem(q);
 }
 
-static void sb_literal(sbuf *b, PGconn *c, const char *s)
+static void sb_literal(strbuf *b, PGconn *c, const char *s)
 {
     char *q = PQescapeLiteral(c, s, strlen(s));
     if (q == NULL) {
@@ -145,7 +78,7 @@ static void sb_literal(sbuf *b, PGconn *c, const char *s)
             b->rc = POLIS_ENOMEM;
         return;
     }
-    sb_puts(b, q);
+    strbuf_puts(b, q);
     PQfreemem(q);
 }
 
@@ -373,71 +306,71 @@ void pgq_close(pgq_conn *c)
  * value).  Code points: a UTF8 database holds valid UTF-8 only, where
  * char_length counts what mask.c counts.
  */
-static void mask_sql(sbuf *b, PGconn *pc, const pgq_conn *c, const pol_mask *m,
-                     const char *col)
+static void mask_sql(strbuf *b, PGconn *pc, const pgq_conn *c,
+                     const pol_mask *m, const char *col)
 {
     char x[300];
 
     snprintf(x, sizeof(x), "(t.%s)::text", col);
     switch (m->method) {
     case POL_MASK_NONE:
-        sb_printf(b, "t.%s", col);
+        strbuf_printf(b, "t.%s", col);
         return;
     case POL_MASK_NULLIFY:
-        sb_puts(b, "NULL::text");
+        strbuf_puts(b, "NULL::text");
         return;
     case POL_MASK_REDACT:
         if (m->per_char) {
-            sb_puts(b, "repeat(");
+            strbuf_puts(b, "repeat(");
             sb_literal(b, pc, m->fill);
-            sb_printf(b, ", char_length(%s))", x);
+            strbuf_printf(b, ", char_length(%s))", x);
         } else {
-            sb_printf(b, "CASE WHEN %s IS NULL THEN NULL ELSE ", x);
+            strbuf_printf(b, "CASE WHEN %s IS NULL THEN NULL ELSE ", x);
             sb_literal(b, pc, m->replacement);
-            sb_puts(b, "::text END");
+            strbuf_puts(b, "::text END");
         }
         return;
     case POL_MASK_SHOW_FIRST:
     case POL_MASK_SHOW_LAST:
         /* A value no longer than n is hidden whole, as in mask.c. */
-        sb_printf(b, "CASE WHEN char_length(%s) > %u THEN ", x, m->n);
+        strbuf_printf(b, "CASE WHEN char_length(%s) > %u THEN ", x, m->n);
         if (m->method == POL_MASK_SHOW_FIRST)
-            sb_printf(b, "left(%s, %u) || ", x, m->n);
-        sb_puts(b, "repeat(");
+            strbuf_printf(b, "left(%s, %u) || ", x, m->n);
+        strbuf_puts(b, "repeat(");
         sb_literal(b, pc, m->fill);
-        sb_printf(b, ", char_length(%s) - %u)", x, m->n);
+        strbuf_printf(b, ", char_length(%s) - %u)", x, m->n);
         if (m->method == POL_MASK_SHOW_LAST)
-            sb_printf(b, " || right(%s, %u)", x, m->n);
-        sb_puts(b, " ELSE repeat(");
+            strbuf_printf(b, " || right(%s, %u)", x, m->n);
+        strbuf_puts(b, " ELSE repeat(");
         sb_literal(b, pc, m->fill);
-        sb_printf(b, ", char_length(%s)) END", x);
+        strbuf_printf(b, ", char_length(%s)) END", x);
         return;
     case POL_MASK_EMAIL:
         /* From the last '@' on, when something follows it. */
-        sb_printf(b,
-                  "CASE WHEN %s IS NULL THEN NULL ELSE '****' || "
-                  "coalesce(substring(%s from '@[^@]+$'), '') END",
-                  x, x);
+        strbuf_printf(b,
+                      "CASE WHEN %s IS NULL THEN NULL ELSE '****' || "
+                      "coalesce(substring(%s from '@[^@]+$'), '') END",
+                      x, x);
         return;
     case POL_MASK_DATE_MONTH:
     case POL_MASK_DATE_YEAR:
         /* The checks of mask.c (YYYY-MM-DD prefix, month 01-12, day 01-31,
          * no calendar), not date_trunc: text that is not a date is NULL
          * in both. */
-        sb_printf(b,
-                  "CASE WHEN %s ~ '^[0-9]{4}-(0[1-9]|1[0-2])-"
-                  "(0[1-9]|[12][0-9]|3[01])' THEN left(%s, 5) || ",
-                  x, x);
+        strbuf_printf(b,
+                      "CASE WHEN %s ~ '^[0-9]{4}-(0[1-9]|1[0-2])-"
+                      "(0[1-9]|[12][0-9]|3[01])' THEN left(%s, 5) || ",
+                      x, x);
         if (m->method == POL_MASK_DATE_MONTH)
-            sb_printf(b, "substr(%s, 6, 2) || '-01' END", x);
+            strbuf_printf(b, "substr(%s, 6, 2) || '-01' END", x);
         else
-            sb_puts(b, "'01-01' END");
+            strbuf_puts(b, "'01-01' END");
         return;
     case POL_MASK_HASH:
-        sb_printf(b,
-                  "encode(%s.hmac(convert_to(%s, 'UTF8'), r.k, 'sha256'), "
-                  "'hex')",
-                  c->crypto ? c->crypto : "public", x);
+        strbuf_printf(b,
+                      "encode(%s.hmac(convert_to(%s, 'UTF8'), r.k, 'sha256'), "
+                      "'hex')",
+                      c->crypto ? c->crypto : "public", x);
         return;
     case POL_MASK_BUCKET: {
         /*
@@ -461,32 +394,32 @@ static void mask_sql(sbuf *b, PGconn *pc, const pgq_conn *c, const pol_mask *m,
         else
             snprintf(fmt, sizeof(fmt), "%s::text || '-' || (%s + %lld)::text",
                      lo, lo, w - 1);
-        sb_printf(b,
-                  "CASE WHEN char_length(%s) >= 64 THEN NULL "
-                  "WHEN %s ~ '^[ \\t\\n\\v\\f\\r]*[+-]?0[xX]"
-                  "([0-9a-fA-F]+\\.?[0-9a-fA-F]*|\\.[0-9a-fA-F]+)"
-                  "([pP][+-]?[0-9]{1,2})?$' THEN "
-                  "CASE WHEN abs(%s::float8) > 9e15 THEN NULL ELSE ",
-                  x, x, x);
-        sb_puts(b, fmt);
-        sb_printf(b,
-                  " END WHEN %s ~ '^[ \\t\\n\\v\\f\\r]*[+-]?"
-                  "([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][+-]?[0-9]{1,4})?$' "
-                  "THEN CASE WHEN abs(%s::numeric) > 1e300 THEN NULL ",
-                  x, x);
+        strbuf_printf(b,
+                      "CASE WHEN char_length(%s) >= 64 THEN NULL "
+                      "WHEN %s ~ '^[ \\t\\n\\v\\f\\r]*[+-]?0[xX]"
+                      "([0-9a-fA-F]+\\.?[0-9a-fA-F]*|\\.[0-9a-fA-F]+)"
+                      "([pP][+-]?[0-9]{1,2})?$' THEN "
+                      "CASE WHEN abs(%s::float8) > 9e15 THEN NULL ELSE ",
+                      x, x, x);
+        strbuf_puts(b, fmt);
+        strbuf_printf(b,
+                      " END WHEN %s ~ '^[ \\t\\n\\v\\f\\r]*[+-]?"
+                      "([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][+-]?[0-9]{1,4})?$' "
+                      "THEN CASE WHEN abs(%s::numeric) > 1e300 THEN NULL ",
+                      x, x);
         if (m->bucket_lower)
-            sb_printf(b,
-                      "WHEN abs(%s::numeric) < 1e-300 THEN CASE WHEN "
-                      "%s::numeric < 0 THEN '%lld' ELSE '0' END ",
-                      x, x, -w);
+            strbuf_printf(b,
+                          "WHEN abs(%s::numeric) < 1e-300 THEN CASE WHEN "
+                          "%s::numeric < 0 THEN '%lld' ELSE '0' END ",
+                          x, x, -w);
         else
-            sb_printf(b,
-                      "WHEN abs(%s::numeric) < 1e-300 THEN CASE WHEN "
-                      "%s::numeric < 0 THEN '%lld--1' ELSE '0-%lld' END ",
-                      x, x, -w, w - 1);
-        sb_printf(b, "WHEN abs(%s::float8) > 9e15 THEN NULL ELSE ", x);
-        sb_puts(b, fmt);
-        sb_puts(b, " END END");
+            strbuf_printf(b,
+                          "WHEN abs(%s::numeric) < 1e-300 THEN CASE WHEN "
+                          "%s::numeric < 0 THEN '%lld--1' ELSE '0-%lld' END ",
+                          x, x, -w, w - 1);
+        strbuf_printf(b, "WHEN abs(%s::float8) > 9e15 THEN NULL ELSE ", x);
+        strbuf_puts(b, fmt);
+        strbuf_puts(b, " END END");
         return;
     }
     }
@@ -495,7 +428,7 @@ static void mask_sql(sbuf *b, PGconn *pc, const pgq_conn *c, const pol_mask *m,
 /* Copy the rendered filter, each placeholder $N becoming the request row's
  * N-th value (its cast follows it in the text).  Quoted identifiers and
  * string literals are copied as they are. */
-static void filter_sql(sbuf *b, const char *text)
+static void filter_sql(strbuf *b, const char *text)
 {
     const char *p = text;
 
@@ -507,18 +440,18 @@ static void filter_sql(sbuf *b, const char *text)
                 q += *q == quote ? 2 : 1;
             if (*q)
                 q++;
-            sb_putn(b, p, (size_t)(q - p));
+            strbuf_putn(b, p, (size_t)(q - p));
             p = q;
         } else if (*p == '$' && p[1] >= '0' && p[1] <= '9') {
             const char *q = p + 1;
             while (*q >= '0' && *q <= '9')
                 q++;
-            sb_puts(b, "(r.p[");
-            sb_putn(b, p + 1, (size_t)(q - p - 1));
-            sb_puts(b, "])");
+            strbuf_puts(b, "(r.p[");
+            strbuf_putn(b, p + 1, (size_t)(q - p - 1));
+            strbuf_puts(b, "])");
             p = q;
         } else {
-            sb_putn(b, p, 1);
+            strbuf_putn(b, p, 1);
             p++;
         }
     }
@@ -583,7 +516,7 @@ static bool view_known(const pgq_conn *c, const char *name)
 static int ensure_view(pgq_conn *c, const char *qtable, const char *name,
                        const char *body, polis_error *err)
 {
-    sbuf b = {0};
+    strbuf b = STRBUF_INIT(VIEW_SQL_MAX);
     const char *v[2];
     char buf[16];
     int rc;
@@ -603,13 +536,13 @@ static int ensure_view(pgq_conn *c, const char *qtable, const char *name,
                                "the query role can read %s directly: revoke "
                                "its privileges on the table",
                                qtable);
-    sb_printf(&b,
-              "CREATE OR REPLACE VIEW " PGQ_SCHEMA ".%s "
-              "WITH (security_barrier) AS ",
-              name);
-    sb_puts(&b, body);
-    sb_printf(&b, "; GRANT SELECT ON " PGQ_SCHEMA ".%s TO %s", name,
-              c->query_role);
+    strbuf_printf(&b,
+                  "CREATE OR REPLACE VIEW " PGQ_SCHEMA ".%s "
+                  "WITH (security_barrier) AS ",
+                  name);
+    strbuf_puts(&b, body);
+    strbuf_printf(&b, "; GRANT SELECT ON " PGQ_SCHEMA ".%s TO %s", name,
+                  c->query_role);
     if (b.rc) {
         free(b.p);
         return polis_error_set(err, b.rc, NULL, "governed view too large");
@@ -636,7 +569,7 @@ static int ensure_temp_view(pgq_conn *c, const char *table, const char *view,
                             polis_error *err)
 {
     char *ident;
-    sbuf b = {0};
+    strbuf b = STRBUF_INIT(VIEW_SQL_MAX);
     int rc;
 
     ident = PQescapeIdentifier(c->query, table, strlen(table));
@@ -648,9 +581,9 @@ static int ensure_temp_view(pgq_conn *c, const char *table, const char *view,
         return 0;
     }
     if (c->temp_name)
-        sb_printf(&b, "DROP VIEW IF EXISTS pg_temp.%s; ", c->temp_name);
-    sb_printf(&b, "CREATE TEMP VIEW %s AS SELECT * FROM " PGQ_SCHEMA ".%s",
-              ident, view);
+        strbuf_printf(&b, "DROP VIEW IF EXISTS pg_temp.%s; ", c->temp_name);
+    strbuf_printf(&b, "CREATE TEMP VIEW %s AS SELECT * FROM " PGQ_SCHEMA ".%s",
+                  ident, view);
     PQfreemem(c->temp_name);
     c->temp_name = NULL;
     c->temp_target[0] = '\0';
@@ -707,7 +640,7 @@ static int write_request(pgq_conn *c, const char *view,
     char **vals = calloc(nv, sizeof(*vals));
     int *lens = calloc(nv, sizeof(*lens)), *fmts = calloc(nv, sizeof(*fmts));
     char pid[16];
-    sbuf b = {0};
+    strbuf b = STRBUF_INIT(VIEW_SQL_MAX);
     PGresult *r;
     int rc = 0;
 
@@ -716,19 +649,19 @@ static int write_request(pgq_conn *c, const char *view,
         goto out;
     }
     snprintf(pid, sizeof(pid), "%d", c->query_pid);
-    sb_puts(&b, "INSERT INTO " PGQ_SCHEMA ".request (pid, view, p, k) "
-                "VALUES ($1::int, $2::name, ");
+    strbuf_puts(&b, "INSERT INTO " PGQ_SCHEMA ".request (pid, view, p, k) "
+                    "VALUES ($1::int, $2::name, ");
     if (n == 0)
-        sb_puts(&b, "'{}'::text[]");
+        strbuf_puts(&b, "'{}'::text[]");
     for (size_t i = 0; i < n; i++) {
-        sb_printf(&b, "%s$%zu::text", i ? ", " : "ARRAY[", i + 4);
+        strbuf_printf(&b, "%s$%zu::text", i ? ", " : "ARRAY[", i + 4);
         if ((rc = param_text(&fsql->params[i], &vals[i + 3], err)) != 0)
             goto out;
     }
     if (n)
-        sb_puts(&b, "]::text[]");
-    sb_puts(&b, ", $3::bytea) ON CONFLICT (pid) DO UPDATE SET "
-                "view = excluded.view, p = excluded.p, k = excluded.k");
+        strbuf_puts(&b, "]::text[]");
+    strbuf_puts(&b, ", $3::bytea) ON CONFLICT (pid) DO UPDATE SET "
+                    "view = excluded.view, p = excluded.p, k = excluded.k");
     if (b.rc) {
         rc = polis_error_set(err, b.rc, NULL, "filter too large");
         goto out;
@@ -769,13 +702,13 @@ static void clear_request(pgq_conn *c)
 }
 
 /* Build the view body for the decision and filter into b. */
-static void view_body(sbuf *b, const pgq_conn *c, const char *qtable,
+static void view_body(strbuf *b, const pgq_conn *c, const char *qtable,
                       const pol_decision *d, const char *filter_text,
                       const char *name)
 {
     size_t n = pol_decision_column_count(d);
 
-    sb_puts(b, "SELECT ");
+    strbuf_puts(b, "SELECT ");
     for (size_t i = 0; i < n; i++) {
         const char *col = pol_decision_column_name(d, i);
         const pol_mask *m = pol_decision_column_mask(d, i);
@@ -787,22 +720,22 @@ static void view_body(sbuf *b, const pgq_conn *c, const char *qtable,
             return;
         }
         if (i)
-            sb_puts(b, ", ");
+            strbuf_puts(b, ", ");
         if (m == NULL)
-            sb_printf(b, "t.%s", ident);
+            strbuf_printf(b, "t.%s", ident);
         else
             mask_sql(b, c->owner, c, m, ident);
-        sb_printf(b, " AS %s", ident);
+        strbuf_printf(b, " AS %s", ident);
         PQfreemem(ident);
     }
-    sb_printf(b,
-              " FROM %s t CROSS JOIN " PGQ_SCHEMA ".request r "
-              "WHERE r.pid = pg_backend_pid() AND r.view = ",
-              qtable);
+    strbuf_printf(b,
+                  " FROM %s t CROSS JOIN " PGQ_SCHEMA ".request r "
+                  "WHERE r.pid = pg_backend_pid() AND r.view = ",
+                  qtable);
     sb_literal(b, c->owner, name);
-    sb_puts(b, "::name AND (");
+    strbuf_puts(b, "::name AND (");
     filter_sql(b, filter_text);
-    sb_puts(b, ")");
+    strbuf_puts(b, ")");
 }
 
 /* ---- the consumer's statement ------------------------------------------- */
@@ -1716,7 +1649,7 @@ int pgq_query(pgq_conn *c, const sq_product *product,
     char schema[256], table[256], name[VIEW_NAME_MAX], sbuf_[256];
     pol_expr_sql_opts opts = {POL_SQL_POSTGRES, "t", 1};
     pol_expr_sql fsql = {0};
-    sbuf body = {0}, decl = {0};
+    strbuf body = STRBUF_INIT(VIEW_SQL_MAX), decl = STRBUF_INIT(VIEW_SQL_MAX);
     sq_stats st = {0};
     char **uvals = NULL;
     int nuvals = 0, rc = 0;
@@ -1785,9 +1718,9 @@ int pgq_query(pgq_conn *c, const sq_product *product,
     /* The view: masks, then the filter with this request's values kept
      * out of its text. */
     {
-        sbuf q = {0};
+        strbuf q = STRBUF_INIT(VIEW_SQL_MAX);
         sb_ident(&q, c->owner, schema);
-        sb_puts(&q, ".");
+        strbuf_puts(&q, ".");
         sb_ident(&q, c->owner, table);
         if (q.rc) {
             rc = polis_error_set(err, q.rc, NULL, "out of memory");
@@ -1830,17 +1763,17 @@ int pgq_query(pgq_conn *c, const sq_product *product,
                           err)) != 0)
         goto out;
     in_tx = true;
-    sb_puts(&decl, "DECLARE polis_cursor NO SCROLL CURSOR FOR ");
+    strbuf_puts(&decl, "DECLARE polis_cursor NO SCROLL CURSOR FOR ");
     if (min > 0) {
         /* The group size, computed by the same statement over the same
          * rows; checked on the first FETCH, stripped before the sink. */
-        sb_putn(&decl, sql, insert_at);
-        sb_puts(&decl, ", pg_catalog.count(*) AS \"");
-        sb_puts(&decl, c->count_name);
-        sb_puts(&decl, "\"");
-        sb_puts(&decl, sql + insert_at);
+        strbuf_putn(&decl, sql, insert_at);
+        strbuf_puts(&decl, ", pg_catalog.count(*) AS \"");
+        strbuf_puts(&decl, c->count_name);
+        strbuf_puts(&decl, "\"");
+        strbuf_puts(&decl, sql + insert_at);
     } else {
-        sb_puts(&decl, sql);
+        strbuf_puts(&decl, sql);
     }
     if (decl.rc) {
         rc = polis_error_set(err, decl.rc, NULL, "out of memory");

@@ -6,6 +6,7 @@
  * minimum group size is enforced on a restricted query shape.  Design:
  * docs/internals/query.md.
  */
+#include "common/strbuf.h"
 #include "sidecar/query_sqlite.h"
 
 #include <sqlite3.h>
@@ -25,56 +26,19 @@
 
 /* ---- a small growable string with a maximum ----------------------------- */
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int rc; /* first failure, sticky */
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n)
-{
-    if (b->rc)
-        return;
-    if (b->len + n + 1 > SQ_SQLITE_SQL_LIMIT) {
-        b->rc = POLIS_ETOOBIG;
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *np;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        np = realloc(b->p, cap);
-        if (np == NULL) {
-            b->rc = POLIS_ENOMEM;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(sbuf *b, const char *s)
-{
-    sb_putn(b, s, strlen(s));
-}
-
 /* An identifier in double quotes, embedded quotes doubled. */
-static void sb_ident(sbuf *b, const char *name)
+static void sb_ident(strbuf *b, const char *name)
 {
     const char *q;
 
-    sb_puts(b, "\"");
+    strbuf_puts(b, "\"");
     while ((q = strchr(name, '"')) != NULL) {
-        sb_putn(b, name, (size_t)(q - name) + 1);
-        sb_puts(b, "\"");
+        strbuf_putn(b, name, (size_t)(q - name) + 1);
+        strbuf_puts(b, "\"");
         name = q + 1;
     }
-    sb_puts(b, name);
-    sb_puts(b, "\"");
+    strbuf_puts(b, name);
+    strbuf_puts(b, "\"");
 }
 
 /* ---- the connection ------------------------------------------------------ */
@@ -505,7 +469,7 @@ void sq_close(sq_conn *c)
  * SQL text.  The renderer quotes identifiers in "..." and turns every
  * literal into a parameter, so '?' outside double quotes is a placeholder.
  */
-static void put_filter(sbuf *b, const char *text)
+static void put_filter(strbuf *b, const char *text)
 {
     const char *p = text;
 
@@ -517,18 +481,18 @@ static void put_filter(sbuf *b, const char *text)
             }
             if (*q)
                 q++;
-            sb_putn(b, p, (size_t)(q - p));
+            strbuf_putn(b, p, (size_t)(q - p));
             p = q;
         } else if (*p == '?') {
             const char *q = p + 1;
             while (isdigit((unsigned char)*q))
                 q++;
-            sb_puts(b, "polis_param(");
-            sb_putn(b, p + 1, (size_t)(q - p - 1));
-            sb_puts(b, ")");
+            strbuf_puts(b, "polis_param(");
+            strbuf_putn(b, p + 1, (size_t)(q - p - 1));
+            strbuf_puts(b, ")");
             p = q;
         } else {
-            sb_putn(b, p, 1);
+            strbuf_putn(b, p, 1);
             p++;
         }
     }
@@ -588,33 +552,34 @@ static int install_views(sq_conn *c, const char *table, polis_error *err)
 {
     const pol_decision *d = c->decision;
     size_t i, n = pol_decision_column_count(d);
-    sbuf v = {0}, s = {0};
+    strbuf v = STRBUF_INIT(SQ_SQLITE_SQL_LIMIT),
+           s = STRBUF_INIT(SQ_SQLITE_SQL_LIMIT);
     char num[48];
     int rc = 0;
 
-    sb_puts(&v, "CREATE TEMP VIEW ");
+    strbuf_puts(&v, "CREATE TEMP VIEW ");
     sb_ident(&v, c->view_name);
-    sb_puts(&v, " AS SELECT ");
+    strbuf_puts(&v, " AS SELECT ");
     for (i = 0; i < n; i++) {
         const char *col = pol_decision_column_name(d, i);
         if (i > 0)
-            sb_puts(&v, ", ");
+            strbuf_puts(&v, ", ");
         if (pol_decision_column_mask(d, i) != NULL) {
             snprintf(num, sizeof(num), "polis_mask(%zu, ", i);
-            sb_puts(&v, num);
+            strbuf_puts(&v, num);
             sb_ident(&v, col);
-            sb_puts(&v, ") AS ");
+            strbuf_puts(&v, ") AS ");
         }
         sb_ident(&v, col);
     }
-    sb_puts(&v, " FROM main.");
+    strbuf_puts(&v, " FROM main.");
     sb_ident(&v, table);
-    sb_puts(&v, " WHERE ");
+    strbuf_puts(&v, " WHERE ");
     put_filter(&v, c->filter.text);
     /* An optimisation fence: SQLite neither flattens a subquery with an
      * OFFSET nor pushes outer WHERE terms into one with a LIMIT, so the
      * consumer's conditions only ever run on rows the filter let through. */
-    sb_puts(&v, " LIMIT -1 OFFSET 0");
+    strbuf_puts(&v, " LIMIT -1 OFFSET 0");
     if (v.rc) {
         rc = polis_error_set(err, v.rc, NULL, "the governed view is too large");
         goto out;
@@ -624,9 +589,9 @@ static int install_views(sq_conn *c, const char *table, polis_error *err)
         goto out;
 
     if (c->view_sql != NULL) {
-        sb_puts(&s, "DROP VIEW IF EXISTS temp.");
+        strbuf_puts(&s, "DROP VIEW IF EXISTS temp.");
         sb_ident(&s, c->view_table);
-        sb_puts(&s, "; DROP VIEW IF EXISTS temp.");
+        strbuf_puts(&s, "; DROP VIEW IF EXISTS temp.");
         sb_ident(&s, c->view_name);
         if (s.rc == 0 && (rc = exec_setup(c, s.p, err)) != 0)
             goto out;
@@ -639,9 +604,9 @@ static int install_views(sq_conn *c, const char *table, polis_error *err)
         goto out;
     if ((rc = exec_setup(c, v.p, err)) != 0)
         goto out;
-    sb_puts(&s, "CREATE TEMP VIEW ");
+    strbuf_puts(&s, "CREATE TEMP VIEW ");
     sb_ident(&s, table);
-    sb_puts(&s, " AS SELECT * FROM temp.");
+    strbuf_puts(&s, " AS SELECT * FROM temp.");
     sb_ident(&s, c->view_name);
     if (s.rc) {
         rc = polis_error_set(err, s.rc, NULL, "out of memory");
@@ -649,7 +614,7 @@ static int install_views(sq_conn *c, const char *table, polis_error *err)
     }
     if ((rc = exec_setup(c, s.p, err)) != 0) {
         s.len = 0;
-        sb_puts(&s, "DROP VIEW IF EXISTS temp.");
+        strbuf_puts(&s, "DROP VIEW IF EXISTS temp.");
         sb_ident(&s, c->view_name);
         if (s.rc == 0)
             sqlite3_exec(c->db, s.p, NULL, NULL, NULL);
@@ -1592,16 +1557,16 @@ int sq_query(sq_conn *c, const sq_product *product,
 
     min = pol_decision_min_group_size(decision);
     if (min > 0) {
-        sbuf b = {0};
+        strbuf b = STRBUF_INIT(SQ_SQLITE_SQL_LIMIT);
         rc = check_shape(sql, product->table, decision, min, &insert_at,
                          &nitems, err);
         if (rc != 0)
             goto out;
-        sb_putn(&b, sql, insert_at);
-        sb_puts(&b, ", count(*) AS ");
+        strbuf_putn(&b, sql, insert_at);
+        strbuf_puts(&b, ", count(*) AS ");
         sb_ident(&b, c->count_name);
-        sb_puts(&b, " ");
-        sb_puts(&b, sql + insert_at);
+        strbuf_puts(&b, " ");
+        strbuf_puts(&b, sql + insert_at);
         if (b.rc) {
             free(b.p);
             rc = polis_error_set(err, b.rc, "sql", "the SQL is too long");
