@@ -6,6 +6,7 @@
  */
 #include "common/admin_http.h"
 #include "common/config.h"
+#include "common/daemon.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/rpc.h"
@@ -317,45 +318,21 @@ int main(int argc, char **argv)
     sc_runtime rt = {0};
     polis_error err = {0};
     char msg[1024];
-    int help = 0, version = 0, level, sig;
+    int rc, sig;
     sigset_t sigs;
 
-    if (config_load(sc_options, N_OPTIONS, &rt.conf, argc, argv, "POLIS_",
-                    &help, &version, &err) != 0) {
-        fprintf(stderr, "polis-sidecar: %s\n",
-                polis_error_format(&err, msg, sizeof(msg)));
-        fprintf(stderr, "Try 'polis-sidecar --help'.\n");
-        return 2;
-    }
-    if (help) {
-        usage(stdout);
-        return 0;
-    }
-    if (version) {
-        printf("polis-sidecar %s\n", POLIS_VERSION);
-        return 0;
-    }
+    rc = daemon_parse_args("polis-sidecar", sc_options, N_OPTIONS, &rt.conf,
+                           argc, argv, usage);
+    if (rc != DAEMON_CONTINUE)
+        return rc;
     if (finish_config(&rt.conf) != 0)
         return 2;
-    level = log_level_parse(rt.conf.log_level);
-    if (level < 0) {
-        fprintf(stderr,
-                "polis-sidecar: --log-level: unknown level \"%s\" (debug, "
-                "info, warn, error)\n",
-                rt.conf.log_level);
-        return 2;
-    }
-    log_setup((enum log_level)level, strcmp(rt.conf.log_format, "json") == 0
-                                         ? LOG_FORMAT_JSON
-                                         : LOG_FORMAT_TEXT);
+    rc = daemon_setup_logging("polis-sidecar", rt.conf.log_level,
+                              rt.conf.log_format);
+    if (rc != DAEMON_CONTINUE)
+        return rc;
 
-    /* Signals go to this thread only: block them before any thread starts
-     * so that every thread inherits the mask. */
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    daemon_block_signals(&sigs);
 
     if (runtime_start(&rt, &err) != 0) {
         log_error("cannot start", "error=\"%s\"",
