@@ -30,6 +30,13 @@ typedef struct config_option {
     const char *help;
 } config_option;
 
+/* One table row for field `field` of struct type `type`. */
+#define CONFIG_OPT(type, name, kind, field, def, min, max, help)               \
+    {                                                                          \
+        name, kind, offsetof(type, field), sizeof(((type *)0)->field), def,    \
+            min, max, help                                                     \
+    }
+
 /*
  * Fill `conf` from the table.  argv is scanned for --config FILE first;
  * --help and --version set *help_out / *version_out (and nothing else is

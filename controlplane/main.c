@@ -46,11 +46,7 @@ typedef struct cp_config {
     char masking_key_file[1024];
 } cp_config;
 
-#define OPT(name, type, field, def, min, max, help)                            \
-    {                                                                          \
-        name, type, offsetof(cp_config, field),                                \
-            sizeof(((cp_config *)0)->field), def, min, max, help               \
-    }
+#define OPT(...) CONFIG_OPT(cp_config, __VA_ARGS__)
 
 static const config_option cp_options[] = {
     OPT("listen", CONFIG_STRING, listen, "127.0.0.1:7400", 0, 0,

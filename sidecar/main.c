@@ -49,11 +49,7 @@ typedef struct sc_config {
     char log_format[16];
 } sc_config;
 
-#define OPT(name, type, field, def, min, max, help)                            \
-    {                                                                          \
-        name, type, offsetof(sc_config, field),                                \
-            sizeof(((sc_config *)0)->field), def, min, max, help               \
-    }
+#define OPT(...) CONFIG_OPT(sc_config, __VA_ARGS__)
 
 static const config_option sc_options[] = {
     OPT("domain", CONFIG_STRING, domain, "", 0, 0,

@@ -18,8 +18,8 @@ typedef struct conf {
 } conf;
 
 static const config_option table[] = {
-    {"listen", CONFIG_STRING, offsetof(conf, listen),
-     sizeof(((conf *)0)->listen), "127.0.0.1:7400", 0, 0, "address"},
+    CONFIG_OPT(conf, "listen", CONFIG_STRING, listen, "127.0.0.1:7400", 0, 0,
+               "address"),
     {"workers", CONFIG_INT, offsetof(conf, workers), 0, "4", 1, 64, "threads"},
     {"verbose", CONFIG_BOOL, offsetof(conf, verbose), 0, "false", 0, 0,
      "chatty"},
