@@ -387,6 +387,41 @@ static bool is_http_url(const char *s)
     return true;
 }
 
+/* mqtt://host[:port]: a broker address for an event port's bridge. */
+static bool is_mqtt_url(const char *s)
+{
+    const char *host = s + 7, *colon;
+    size_t hl;
+
+    if (strncmp(s, "mqtt://", 7) != 0)
+        return false;
+    hl = strcspn(host, ":");
+    if (hl == 0 || host[hl + strcspn(host + hl, "/?#")] != '\0')
+        return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7F)
+            return false;
+    colon = strchr(host, ':');
+    if (colon) {
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (*end != '\0' || end == colon + 1 || port < 1 || port > 65535)
+            return false;
+    }
+    return true;
+}
+
+/* An MQTT topic to publish to: no wildcards, no leading '$'. */
+static bool is_mqtt_topic(const char *s)
+{
+    if (s[0] == '\0' || s[0] == '$')
+        return false;
+    for (const char *p = s; *p; p++)
+        if (*p == '+' || *p == '#' || (unsigned char)*p < ' ')
+            return false;
+    return true;
+}
+
 /* A value that must be one of `words`; reports `unknown <what> "v"`. */
 static bool check_enum(vctx *c, const char *path, const char *value,
                        const char *what, const char *const *words)
@@ -650,6 +685,46 @@ static void no_pg_users(vctx *c, const json_t *port, const char *base)
         fail(c, join(path, base, "queryUser"), "not used with engine sqlite");
 }
 
+/* An event port's publishers: principal names or "group:<group>". */
+static bool is_publisher(const char *s)
+{
+    if (strncmp(s, "group:", 6) == 0)
+        return is_group(s + 6);
+    return is_name(s);
+}
+
+static void validate_mqtt(vctx *c, const json_t *port, const char *base)
+{
+    static const char *const fields[] = {"broker", "topic", "audience", "qos",
+                                         NULL};
+    char mbase[PATH_MAX_LEN], path[PATH_MAX_LEN];
+    const json_t *m = member(c, port, base, "mqtt", JSON_OBJECT, false);
+    const json_t *qos;
+    const char *s;
+
+    if (m == NULL)
+        return;
+    join(mbase, base, "mqtt");
+    check_fields(c, m, mbase, fields);
+    s = string_member(c, m, mbase, "broker", true, TEXT_MAX);
+    if (s && !is_mqtt_url(s))
+        fail(c, join(path, mbase, "broker"),
+             "invalid broker \"%s\": use mqtt://host[:port]", s);
+    s = string_member(c, m, mbase, "topic", true, 256);
+    if (s && !is_mqtt_topic(s))
+        fail(c, join(path, mbase, "topic"),
+             "invalid topic \"%s\": no '+' or '#' wildcards, no control "
+             "characters, not starting with '$'",
+             s);
+    s = string_member(c, m, mbase, "audience", true, 63);
+    if (s && !is_name(s))
+        fail(c, join(path, mbase, "audience"),
+             "invalid principal name \"%s\": %s", s, NAME_RULE);
+    qos = member(c, m, mbase, "qos", JSON_INTEGER, false);
+    if (qos && json_integer_value(qos) != 0 && json_integer_value(qos) != 1)
+        fail(c, join(path, mbase, "qos"), "must be 0 or 1");
+}
+
 static void validate_port(vctx *c, const json_t *port, const char *base)
 {
     static const char *const query_fields[] = {
@@ -658,8 +733,9 @@ static void validate_port(vctx *c, const json_t *port, const char *base)
     static const char *const file_fields[] = {
         "name", "type", "description", "directory", "format", NULL};
     static const char *const event_fields[] = {
-        "name",           "type",  "description", "retentionBytes",
-        "retentionHours", "fsync", NULL};
+        "name",           "type",           "description",
+        "retentionBytes", "retentionHours", "fsync",
+        "publishers",     "mqtt",           NULL};
     static const char *const http_fields[] = {"name", "type", "description",
                                               "upstream", NULL};
     static const char *const engines[] = {"sqlite", "postgresql", NULL};
@@ -714,6 +790,9 @@ static void validate_port(vctx *c, const json_t *port, const char *base)
         s = string_member(c, port, base, "fsync", false, 63);
         if (s)
             check_enum(c, join(path, base, "fsync"), s, "fsync mode", fsyncs);
+        string_list(c, port, base, "publishers", false, is_publisher,
+                    "a principal name, or group:<group>", true);
+        validate_mqtt(c, port, base);
     } else {
         check_fields(c, port, base, http_fields);
         s = string_member(c, port, base, "upstream", true, TEXT_MAX);

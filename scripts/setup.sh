@@ -22,8 +22,10 @@ packages=(
     libyaml-dev libssl-dev libsqlite3-dev sqlite3
     libpq-dev postgresql
     etcd-server etcd-client
+    libmosquitto-dev mosquitto
     clang libclang-rt-14-dev
     curl ca-certificates procps
+    nginx-light wrk
 )
 
 install_missing() {

@@ -416,7 +416,8 @@ typedef struct fp_scol {
 #define FP_ID_CACHE 32
 
 struct fp_reader {
-    int fd;
+    int fd; /* -1: a records reader (fp_reader_new_records) */
+    bool records;
     fp_options o;
     fp_sink_fn sink;
     void *sink_ctx;
@@ -472,7 +473,10 @@ static int fail_at(fp_reader *r, polis_error *err, int code, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    snprintf(where, sizeof where, "line %llu", (unsigned long long)r->line);
+    if (r->records)
+        snprintf(where, sizeof where, "event");
+    else
+        snprintf(where, sizeof where, "line %llu", (unsigned long long)r->line);
     return polis_error_set(err, code, where, "%s", msg);
 }
 
@@ -1316,14 +1320,16 @@ static int read_chunk(int fd, char *buf, size_t cap, size_t *got,
     return 0;
 }
 
-int fp_reader_new(int fd, const fp_options *opts, fp_sink_fn sink,
-                  void *sink_ctx, fp_reader **out, polis_error *err)
+static int reader_new(int fd, bool records, const fp_options *opts,
+                      fp_sink_fn sink, void *sink_ctx, fp_reader **out,
+                      polis_error *err)
 {
     fp_reader *r;
     size_t i, j, ndc;
 
     *out = NULL;
-    if (opts == NULL || sink == NULL || opts->decision == NULL || fd < 0 ||
+    if (opts == NULL || sink == NULL || opts->decision == NULL ||
+        (fd < 0 && !records) || (records && opts->format != FP_FORMAT_JSONL) ||
         (opts->nschema > 0 && opts->schema == NULL) ||
         (opts->format != FP_FORMAT_CSV && opts->format != FP_FORMAT_JSONL) ||
         opts->max_record > FP_MAX_RECORD_LIMIT)
@@ -1347,13 +1353,15 @@ int fp_reader_new(int fd, const fp_options *opts, fp_sink_fn sink,
     if ((r = calloc(1, sizeof *r)) == NULL)
         return polis_error_set(err, POLIS_ENOMEM, NULL, "out of memory");
     r->fd = fd;
+    r->records = records;
     r->o = *opts;
     r->sink = sink;
     r->sink_ctx = sink_ctx;
     r->max_record = opts->max_record ? opts->max_record : FP_DEFAULT_MAX_RECORD;
     r->in_cap = r->max_record + FP_CHUNK_SIZE;
     r->line = 1;
-    r->in = malloc(r->in_cap + 1);
+    /* A records reader is handed its input: no input buffer. */
+    r->in = records ? NULL : malloc(r->in_cap + 1);
     r->out = malloc(FP_OUT_CHUNK_SIZE);
     r->scols = calloc(opts->nschema + 1, sizeof *r->scols);
     if (opts->format == FP_FORMAT_CSV) {
@@ -1363,7 +1371,7 @@ int fp_reader_new(int fd, const fp_options *opts, fp_sink_fn sink,
     } else {
         r->jvals = calloc(opts->nschema + 1, sizeof *r->jvals);
     }
-    if (r->in == NULL || r->out == NULL || r->scols == NULL ||
+    if ((r->in == NULL && !records) || r->out == NULL || r->scols == NULL ||
         (opts->format == FP_FORMAT_CSV &&
          (r->unesc == NULL || r->fields == NULL || r->file_schema == NULL)) ||
         (opts->format == FP_FORMAT_JSONL && r->jvals == NULL)) {
@@ -1386,12 +1394,51 @@ int fp_reader_new(int fd, const fp_options *opts, fp_sink_fn sink,
     return 0;
 }
 
+int fp_reader_new(int fd, const fp_options *opts, fp_sink_fn sink,
+                  void *sink_ctx, fp_reader **out, polis_error *err)
+{
+    return reader_new(fd, false, opts, sink, sink_ctx, out, err);
+}
+
+int fp_reader_new_records(const fp_options *opts, fp_sink_fn sink,
+                          void *sink_ctx, fp_reader **out, polis_error *err)
+{
+    return reader_new(-1, true, opts, sink, sink_ctx, out, err);
+}
+
+int fp_reader_record(fp_reader *r, const char *json, size_t n, bool *written,
+                     polis_error *err)
+{
+    uint64_t before = r->st.rows_written;
+    int rc;
+
+    *written = false;
+    if (!r->records)
+        return polis_error_set(err, POLIS_EINVAL, NULL, "not a records reader");
+    if (n > r->max_record)
+        return fail_at(r, err, POLIS_ETOOBIG, "longer than %zu bytes",
+                       r->max_record);
+    r->rec_mark = r->out_len;
+    rc = jsonl_line(r, json, n, err);
+    if (rc != 0) {
+        r->out_len = r->rec_mark; /* no half record */
+        return rc;
+    }
+    if ((rc = out_flush(r, err)) != 0)
+        return rc;
+    *written = r->st.rows_written > before;
+    return 0;
+}
+
 int fp_reader_step(fp_reader *r, bool *done, polis_error *err)
 {
     size_t got = 0;
     int rc;
 
     *done = false;
+    if (r->records)
+        return polis_error_set(err, POLIS_EINVAL, NULL,
+                               "a records reader reads no file");
     if (r->failed) {
         if (err != NULL)
             *err = r->failure;

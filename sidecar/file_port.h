@@ -158,6 +158,25 @@ int fp_reader_new(int fd, const fp_options *opts, fp_sink_fn sink,
  */
 int fp_reader_step(fp_reader *r, bool *done, polis_error *err);
 
+/*
+ * A reader of JSON objects handed to it one at a time (an event port's
+ * events) instead of read from a file: opts->format must be
+ * FP_FORMAT_JSONL.  Same options, decision checks and errors as
+ * fp_reader_new.  Its memory is about 64 KiB plus the mask buffer.
+ */
+int fp_reader_new_records(const fp_options *opts, fp_sink_fn sink,
+                          void *sink_ctx, fp_reader **out, polis_error *err);
+
+/*
+ * Govern one JSON object (`json`, n bytes, need not be NUL-terminated): when
+ * it passes the decision's filters, its served columns, masked, go to the
+ * sink as one line "{...}\n" and *written is set.  Errors are those of a
+ * JSON Lines record (err->where "event") and end nothing: the next record
+ * may be given.  Nothing of a failed record reaches the sink.
+ */
+int fp_reader_record(fp_reader *r, const char *json, size_t n, bool *written,
+                     polis_error *err);
+
 /* Counters so far. */
 void fp_reader_stats(const fp_reader *r, fp_stats *out);
 

@@ -144,6 +144,22 @@ int sc_ports_product(sc_ports *p, const sc_snapshot *snap, const char *name,
     return rc;
 }
 
+int sc_ports_products(sc_ports *p, const sc_snapshot *snap, json_t **all,
+                      polis_error *err)
+{
+    const char *digest = sc_snapshot_digest(snap);
+    int rc = 0;
+
+    *all = NULL;
+    pthread_mutex_lock(&p->lock);
+    if (p->products == NULL || strcmp(p->digest, digest) != 0)
+        rc = reload(p, digest, err);
+    if (rc == 0 && (*all = json_deep_copy(p->products)) == NULL)
+        rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
 const json_t *sc_ports_find(const json_t *doc, const char *type)
 {
     const json_t *ports =

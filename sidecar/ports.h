@@ -38,6 +38,14 @@ void sc_ports_free(sc_ports *p);
 int sc_ports_product(sc_ports *p, const sc_snapshot *snap, const char *name,
                      json_t **doc, polis_error *err);
 
+/*
+ * Every DataProduct of this domain as snapshot `snap` has them: *all is a
+ * private JSON object name -> document (caller json_decref's it).  Errors
+ * as sc_ports_product.
+ */
+int sc_ports_products(sc_ports *p, const sc_snapshot *snap, json_t **all,
+                      polis_error *err);
+
 /* The first port of `type` ("query", "file") of a DataProduct document, or
  * NULL.  Borrowed from doc. */
 const json_t *sc_ports_find(const json_t *doc, const char *type);
