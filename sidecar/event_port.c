@@ -35,15 +35,35 @@ struct sc_events {
     pthread_cond_t cv; /* wakes the retention thread to stop */
     pthread_t retainer;
     bool retainer_started;
+    pthread_mutex_t lmu; /* the on_visible listener */
+    void (*listener)(void *ctx);
+    void *listener_ctx;
 };
 
 static void log_visible(void *ctx, uint64_t next)
 {
     sc_events *ev = ctx;
 
+    void (*fn)(void *);
+    void *fn_ctx;
+
     (void)next;
     if (ev->o.on_visible)
         ev->o.on_visible(ev->o.on_visible_ctx);
+    pthread_mutex_lock(&ev->lmu);
+    fn = ev->listener;
+    fn_ctx = ev->listener_ctx;
+    pthread_mutex_unlock(&ev->lmu);
+    if (fn)
+        fn(fn_ctx);
+}
+
+void sc_events_set_listener(sc_events *ev, void (*fn)(void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&ev->lmu);
+    ev->listener = fn;
+    ev->listener_ctx = ctx;
+    pthread_mutex_unlock(&ev->lmu);
 }
 
 static void *retain_thread(void *arg)
@@ -93,6 +113,7 @@ int sc_events_new(const sc_events_options *o, sc_events **out, polis_error *err)
     if (ev->o.retain_interval_ms <= 0)
         ev->o.retain_interval_ms = 60000;
     pthread_mutex_init(&ev->mu, NULL);
+    pthread_mutex_init(&ev->lmu, NULL);
     pthread_cond_init(&ev->cv, NULL);
     if (pthread_create(&ev->retainer, NULL, retain_thread, ev) != 0) {
         sc_events_free(ev);
@@ -130,6 +151,7 @@ void sc_events_free(sc_events *ev)
     }
     pthread_cond_destroy(&ev->cv);
     pthread_mutex_destroy(&ev->mu);
+    pthread_mutex_destroy(&ev->lmu);
     free(ev->dir);
     free(ev);
 }
@@ -539,6 +561,11 @@ void sc_event_view_free(sc_event_view *v)
 const sc_snapshot *sc_event_view_snapshot(const sc_event_view *v)
 {
     return v->snap;
+}
+
+const char *sc_event_view_principal(const sc_event_view *v)
+{
+    return v->principal;
 }
 
 const char *sc_event_view_rule(const sc_event_view *v)

@@ -56,6 +56,14 @@ void sc_events_shutdown(sc_events *ev);
 void sc_events_free(sc_events *ev);
 
 /*
+ * A second on_visible hook, set (or cleared with NULL) after the set was
+ * made: the HTTP server's, which is started after the set.  The listener
+ * is called without locks held and must be cheap (event_active).
+ * Thread-safe.
+ */
+void sc_events_set_listener(sc_events *ev, void (*fn)(void *ctx), void *ctx);
+
+/*
  * The log of `product`'s ("domain/name") event port `port_doc` (a port of
  * type event of the DataProduct), opened on first use with the port's
  * fsync and retention settings; later setting changes apply when the
@@ -113,6 +121,9 @@ void sc_event_view_free(sc_event_view *v);
 
 /* The snapshot the view was decided on (borrowed). */
 const sc_snapshot *sc_event_view_snapshot(const sc_event_view *v);
+
+/* The principal it governs for (borrowed). */
+const char *sc_event_view_principal(const sc_event_view *v);
 
 /* The id of the rule that decided ("" for none). */
 const char *sc_event_view_rule(const sc_event_view *v);

@@ -11,16 +11,19 @@
 #include "sidecar/http_api.h"
 #include "common/admin_http.h"
 #include "policy/api/check.h"
+#include "sidecar/event_port.h"
 #include "sidecar/file_port.h"
 #include "sidecar/http_proxy.h"
 #include "sidecar/query_pg.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/util.h>
 #include <event2/thread.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -55,6 +58,10 @@ typedef struct worker {
      * view creation); only this loop's thread touches them. */
     pgq_conn *pg;
     char pg_key[2 * 2048 + 2]; /* owner dsn NUL query dsn */
+    /* Event consumers streaming from this loop, and what wakes them. */
+    struct consumer *consumers;
+    struct event *wake;
+    struct event *beat;
 } worker;
 
 struct sc_http {
@@ -395,18 +402,18 @@ static void fail_err(preq *p, int status, const char *error,
 }
 
 /*
- * Authenticate, find the product and its port, decide.  0 when the request
- * may go on (p->decision allows); otherwise the answer has been sent and
- * recorded and the caller only frees p.
+ * Authenticate, find the product and its port.  0 when the request may go
+ * on to a decision (p->principal, p->subject, p->doc and p->port_doc are
+ * set); otherwise the answer has been sent and recorded and the caller
+ * only frees p.
  */
-static int admit(preq *p)
+static int identify(preq *p)
 {
     const char *token = bearer_token(p->req);
     const char *purpose = evhttp_find_header(
         evhttp_request_get_input_headers(p->req), "Polis-Purpose");
     const json_t *principal_doc = NULL;
     polis_error err = {0};
-    pol_request request = {0};
     char text[1024];
     int rc;
 
@@ -463,15 +470,27 @@ static int admit(preq *p)
         fail(p, 404, "not found", text);
         return -1;
     }
-    p->decision = pol_decision_new();
-    if (p->decision == NULL) {
-        fail(p, 500, "out of memory", "cannot hold a decision");
-        return -1;
-    }
     rc = check_subject_from_principal(p->principal, principal_doc, &p->subject,
                                       &err);
     if (rc != 0) {
         fail_err(p, 500, "bad principal", &err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Decide for an identified request: 0 when the decision allows, else the
+ * answer has been sent and recorded. */
+static int decide(preq *p)
+{
+    polis_error err = {0};
+    pol_request request = {0};
+    char text[1024];
+    int rc;
+
+    p->decision = pol_decision_new();
+    if (p->decision == NULL) {
+        fail(p, 500, "out of memory", "cannot hold a decision");
         return -1;
     }
     request.subject = p->subject.subject;
@@ -502,6 +521,13 @@ static int admit(preq *p)
     p->expr_req.product = p->product;
     p->expr_req.port = pol_port_name(p->port);
     return 0;
+}
+
+/* Authenticate, find the product and its port, decide.  0 when the request
+ * may go on (p->decision allows). */
+static int admit(preq *p)
+{
+    return identify(p) == 0 && decide(p) == 0 ? 0 : -1;
 }
 
 /* ======================= output encodings =============================== */
@@ -1315,6 +1341,443 @@ static bool handle_file(preq *p, const char *raw_name)
     return true;
 }
 
+/* ======================= event port ===================================== */
+
+/*
+ * One Server-Sent Events consumer.  It reads the port's log from its own
+ * offset and hands the connection one batch at a time: the next batch is
+ * read only when the previous one has gone out to the socket, so a slow
+ * consumer costs one batch of memory and holds up nobody (it only falls
+ * behind in the log, and is told when it falls past retention).
+ */
+typedef struct consumer {
+    preq *p;
+    sc_event_log *log;
+    sc_event_view *view;
+    uint64_t next;  /* offset of the next event to read */
+    uint64_t sent;  /* events delivered */
+    uint64_t bytes; /* bytes handed to the connection */
+    struct evbuffer *out;
+    bool inflight; /* a batch is being written */
+    bool ended;
+    struct consumer *prev, *next_c;
+} consumer;
+
+static void consumer_unlink(consumer *c)
+{
+    worker *w = c->p->w;
+
+    if (c->prev)
+        c->prev->next_c = c->next_c;
+    else if (w->consumers == c)
+        w->consumers = c->next_c;
+    if (c->next_c)
+        c->next_c->prev = c->prev;
+    c->prev = c->next_c = NULL;
+}
+
+static void consumer_free(consumer *c)
+{
+    consumer_unlink(c);
+    record(c->p, "allow", 200, c->sent, c->bytes);
+    sc_event_view_free(c->view);
+    if (c->out)
+        evbuffer_free(c->out);
+    preq_free(c->p);
+    free(c);
+}
+
+/* The consumer went away: evhttp frees the request with the connection. */
+static void consumer_closed(struct evhttp_connection *evcon, void *arg)
+{
+    consumer *c = arg;
+
+    (void)evcon;
+    if (evhttp_request_get_connection(c->p->req) == NULL)
+        evhttp_send_reply_end(c->p->req); /* frees the detached request */
+    consumer_free(c);
+}
+
+/* End the stream after a last SSE event `kind` with a JSON body. */
+static void consumer_end(consumer *c, const char *kind, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(c->p->req);
+
+    json_decref(body);
+    evbuffer_add_printf(c->out, "event: %s\ndata: %s\n\n", kind,
+                        text ? text : "{}");
+    free(text);
+    c->bytes += evbuffer_get_length(c->out);
+    evhttp_send_reply_chunk(c->p->req, c->out);
+    if (evcon) {
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
+        set_timeouts(evcon, IDLE_TIMEOUT_S, IDLE_TIMEOUT_S);
+    }
+    evhttp_send_reply_end(c->p->req);
+    c->ended = true;
+    consumer_free(c);
+}
+
+typedef struct sse_batch {
+    consumer *c;
+    int rc;
+    polis_error err;
+} sse_batch;
+
+static int sse_record(void *ctx, const sc_event_record *rec)
+{
+    sse_batch *b = ctx;
+    consumer *c = b->c;
+    polis_error err = {0};
+    const char *json;
+    size_t len;
+    int rc =
+        sc_event_view_apply(c->view, rec->data, rec->len, &json, &len, &err);
+
+    if (rc != 0) {
+        /* This event cannot be governed (e.g. a mask that cannot apply):
+         * the consumer is told which, and the stream goes on. */
+        char detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
+        json_t *e =
+            json_pack("{s:I, s:s}", "offset", (json_int_t)rec->offset, "error",
+                      polis_error_format(&err, detail, sizeof(detail)));
+        char *t = e ? json_dumps(e, JSON_COMPACT) : NULL;
+        evbuffer_add_printf(c->out,
+                            "event: error\nid: %" PRIu64 "\ndata: %s\n\n",
+                            rec->offset, t ? t : "{}");
+        free(t);
+        json_decref(e);
+        return 0;
+    }
+    if (json == NULL)
+        return 0; /* filtered out for this consumer */
+    evbuffer_add_printf(c->out, "id: %" PRIu64 "\ndata: ", rec->offset);
+    evbuffer_add(c->out, json, len);
+    evbuffer_add(c->out, "\n\n", 2);
+    c->sent++;
+    return 0;
+}
+
+static void consumer_sent(struct evhttp_connection *evcon, void *arg);
+
+/* A policy change applies from the next event: the view follows the
+ * snapshot in force.  0, or the stream was ended. */
+static int consumer_follow(consumer *c)
+{
+    sc_snapshot *cur = sc_snapshot_slot_get(c->p->h->o.slot);
+    sc_event_view *view = NULL;
+    polis_error err = {0};
+    char detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
+    int rc;
+
+    if (cur == NULL || cur == sc_event_view_snapshot(c->view)) {
+        sc_snapshot_unref(cur);
+        return 0;
+    }
+    rc = sc_event_view_new(
+        cur, c->p->h->o.ports, c->p->product, sc_event_view_principal(c->view),
+        c->p->has_purpose ? c->p->purpose : NULL, &view, &err);
+    sc_snapshot_unref(cur);
+    if (rc != 0) {
+        polis_error_format(&err, detail, sizeof(detail));
+        consumer_end(c, rc == POLIS_EDENIED ? "denied" : "error",
+                     json_pack("{s:s, s:s, s:I}", "error",
+                               rc == POLIS_EDENIED ? "denied" : "unavailable",
+                               "detail", detail, "next", (json_int_t)c->next));
+        return -1;
+    }
+    sc_event_view_free(c->view);
+    c->view = view;
+    return 0;
+}
+
+/* Read and send the next batch, unless one is in flight. */
+static void consumer_pump(consumer *c)
+{
+    sse_batch b = {c, 0, {0}};
+    uint64_t next = c->next;
+    char detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
+    int rc;
+
+    if (c->inflight || c->ended || consumer_follow(c) != 0)
+        return;
+    rc = sc_event_log_read(c->log, c->next, 256, 128 * 1024, sse_record, &b,
+                           &next, &b.err);
+    if (rc != 0) {
+        sc_event_log_stats st;
+        sc_event_log_stats_get(c->log, &st);
+        polis_error_format(&b.err, detail, sizeof(detail));
+        consumer_end(c, rc == POLIS_ENOTFOUND ? "gone" : "error",
+                     json_pack("{s:s, s:s, s:I, s:I}", "error",
+                               rc == POLIS_ENOTFOUND ? "gone" : "unavailable",
+                               "detail", detail, "start",
+                               (json_int_t)st.start_offset, "next",
+                               (json_int_t)c->next));
+        return;
+    }
+    c->next = next;
+    if (evbuffer_get_length(c->out) == 0)
+        return; /* nothing for this consumer yet: wait for a wake */
+    c->inflight = true;
+    c->bytes += evbuffer_get_length(c->out);
+    evhttp_send_reply_chunk_with_cb(c->p->req, c->out, consumer_sent, c);
+}
+
+static void consumer_sent(struct evhttp_connection *evcon, void *arg)
+{
+    consumer *c = arg;
+
+    (void)evcon;
+    c->inflight = false;
+    consumer_pump(c);
+}
+
+/* New events in some log (any thread): every loop looks at its idle
+ * consumers. */
+static void events_visible(void *arg)
+{
+    sc_http *h = arg;
+
+    for (int i = 0; i < h->nworkers; i++)
+        if (h->w[i].wake)
+            event_active(h->w[i].wake, 0, 0);
+}
+
+static void worker_wake(evutil_socket_t fd, short what, void *arg)
+{
+    worker *w = arg;
+    consumer *c = w->consumers, *next;
+
+    (void)fd;
+    (void)what;
+    while (c) {
+        next = c->next_c; /* c may end and be freed */
+        consumer_pump(c);
+        c = next;
+    }
+}
+
+/* Idle consumers get a comment now and then: proxies keep the stream
+ * open, and a consumer that has gone away is noticed. */
+static void worker_beat(evutil_socket_t fd, short what, void *arg)
+{
+    worker *w = arg;
+
+    (void)fd;
+    (void)what;
+    for (consumer *c = w->consumers; c; c = c->next_c) {
+        if (c->inflight)
+            continue;
+        evbuffer_add(c->out, ":\n\n", 3);
+        c->inflight = true;
+        evhttp_send_reply_chunk_with_cb(c->p->req, c->out, consumer_sent, c);
+    }
+}
+
+/* ?from=N|start|end, or Last-Event-ID: N (the last one received, so the
+ * stream goes on after it).  -1 with the answer sent when malformed. */
+static int subscribe_from(preq *p, const sc_event_log_stats *st, uint64_t *from)
+{
+    struct evkeyvalq q;
+    const char *last = evhttp_find_header(
+        evhttp_request_get_input_headers(p->req), "Last-Event-ID");
+    const char *v = NULL,
+               *query =
+                   evhttp_uri_get_query(evhttp_request_get_evhttp_uri(p->req));
+    char *end;
+    int rc = 0;
+
+    if (evhttp_parse_query_str(query ? query : "", &q) != 0) {
+        fail(p, 400, "bad request", "the query string does not parse");
+        return -1;
+    }
+    v = evhttp_find_header(&q, "from");
+    *from = st->next_offset;
+    if (last && *last) {
+        unsigned long long n;
+        errno = 0;
+        n = strtoull(last, &end, 10);
+        if (errno || *end || *last == '-') {
+            fail(p, 400, "bad request", "Last-Event-ID: not an event offset");
+            rc = -1;
+        } else {
+            *from = (uint64_t)n + 1;
+        }
+    } else if (v == NULL || strcmp(v, "end") == 0) {
+        *from = st->next_offset;
+    } else if (strcmp(v, "start") == 0) {
+        *from = st->start_offset;
+    } else {
+        unsigned long long n;
+        errno = 0;
+        n = strtoull(v, &end, 10);
+        if (errno || *end || *v == '-' || *v == '\0') {
+            fail(p, 400, "bad request",
+                 "from: an event offset, \"start\" or \"end\"");
+            rc = -1;
+        } else {
+            *from = (uint64_t)n;
+        }
+    }
+    evhttp_clear_headers(&q);
+    return rc;
+}
+
+static int event_log_of(preq *p, sc_event_log **log)
+{
+    polis_error err = {0};
+
+    if (p->h->o.events == NULL) {
+        fail(p, 503, "unavailable", "this sidecar serves no event ports");
+        return -1;
+    }
+    if (sc_events_log(p->h->o.events, p->product, p->port_doc, log, &err) !=
+        0) {
+        fail_err(p, 503, "unavailable", &err);
+        return -1;
+    }
+    return 0;
+}
+
+/* GET .../events: returns true when the stream took p over. */
+static bool handle_subscribe(preq *p)
+{
+    struct evkeyvalq *hdr = evhttp_request_get_output_headers(p->req);
+    sc_event_log_stats st;
+    polis_error err = {0};
+    char text[256];
+    consumer *c;
+    uint64_t from;
+    int rc;
+
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->out = evbuffer_new()) == NULL) {
+        free(c);
+        fail(p, 500, "out of memory", "cannot take the consumer");
+        return false;
+    }
+    c->p = p;
+    if (event_log_of(p, &c->log) != 0)
+        goto refused;
+    sc_event_log_stats_get(c->log, &st);
+    if (subscribe_from(p, &st, &from) != 0)
+        goto refused;
+    if (from < st.start_offset) {
+        reply_json(p->req, 410, "Gone",
+                   json_pack("{s:s, s:s, s:I, s:I}", "error", "gone", "detail",
+                             "the offset is no longer retained", "start",
+                             (json_int_t)st.start_offset, "next",
+                             (json_int_t)st.next_offset));
+        record(p, "allow", 410, 0, 0);
+        goto refused;
+    }
+    if (from > st.next_offset) {
+        snprintf(text, sizeof(text),
+                 "offset %" PRIu64
+                 " is past the end (the next event is %" PRIu64 ")",
+                 from, st.next_offset);
+        fail(p, 400, "bad request", text);
+        goto refused;
+    }
+    rc = sc_event_view_new(p->snap, p->h->o.ports, p->product, p->principal,
+                           p->has_purpose ? p->purpose : NULL, &c->view, &err);
+    if (rc != 0) {
+        fail_err(p, rc == POLIS_EDENIED ? 403 : 500, "cannot govern", &err);
+        goto refused;
+    }
+    c->next = from;
+    evhttp_add_header(hdr, "Content-Type", "text/event-stream");
+    evhttp_add_header(hdr, "Cache-Control", "no-store");
+    evhttp_add_header(hdr, "X-Accel-Buffering", "no");
+    evhttp_send_reply_start(p->req, 200, "OK");
+    p->evcon = evhttp_request_get_connection(p->req);
+    if (p->evcon == NULL) {
+        evhttp_send_reply_end(p->req);
+        record(p, "allow", 200, 0, 0);
+        goto refused;
+    }
+    set_timeouts(p->evcon, 0, (p->h->o.write_timeout_ms + 999) / 1000);
+    evhttp_connection_set_closecb(p->evcon, consumer_closed, c);
+    c->next_c = p->w->consumers;
+    if (c->next_c)
+        c->next_c->prev = c;
+    p->w->consumers = c;
+    /* The first bytes: the consumer knows at once that it is subscribed,
+     * and from where. */
+    evbuffer_add_printf(c->out, ": %s from %" PRIu64 "\nretry: 1000\n\n",
+                        p->product, from);
+    c->inflight = true;
+    c->bytes += evbuffer_get_length(c->out);
+    evhttp_send_reply_chunk_with_cb(p->req, c->out, consumer_sent, c);
+    return true;
+refused:
+    sc_event_view_free(c->view);
+    evbuffer_free(c->out);
+    free(c);
+    return false;
+}
+
+/* POST .../events: the product's own service publishes. */
+static void handle_publish(preq *p)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(p->req);
+    size_t len = evbuffer_get_length(in);
+    sc_event_batch batch = {0};
+    sc_event_log *log;
+    fp_column *schema = NULL;
+    size_t nschema = 0;
+    polis_error err = {0};
+    uint64_t first = 0;
+    char text[512];
+    int rc;
+
+    if (!sc_events_may_publish(p->port_doc, p->principal,
+                               &p->subject.subject)) {
+        snprintf(text, sizeof(text),
+                 "%s is not a publisher of %s (the event port's publishers)",
+                 p->principal, p->product);
+        fail(p, 403, "forbidden", text);
+        return;
+    }
+    if (len > SC_EVENTS_MAX_BODY) {
+        snprintf(text, sizeof(text),
+                 "a publish is at most %d bytes; send fewer events at once",
+                 SC_EVENTS_MAX_BODY);
+        fail(p, 413, "too large", text);
+        return;
+    }
+    rc = fp_schema_from_product(p->doc, &schema, &nschema, &err);
+    if (rc == 0)
+        rc = sc_event_batch_parse((const char *)evbuffer_pullup(in, -1), len,
+                                  schema, nschema, &batch, &err);
+    free(schema);
+    if (rc != 0) {
+        fail_err(p, rc == POLIS_ENOMEM ? 500 : 400, "bad events", &err);
+        sc_event_batch_free(&batch);
+        return;
+    }
+    if (event_log_of(p, &log) != 0) {
+        sc_event_batch_free(&batch);
+        return;
+    }
+    /* Blocks until the events are durable per the port's fsync setting:
+     * the answer is the acknowledgement. */
+    rc = sc_event_log_append(log, batch.events, batch.count, &first, &err);
+    if (rc != 0) {
+        fail_err(p, rc == POLIS_ETOOBIG ? 413 : 503,
+                 rc == POLIS_ETOOBIG ? "too large" : "unavailable", &err);
+        sc_event_batch_free(&batch);
+        return;
+    }
+    reply_json(p->req, 200, "OK",
+               json_pack("{s:s, s:I, s:I, s:I}", "product", p->product, "first",
+                         (json_int_t)first, "count", (json_int_t)batch.count,
+                         "next", (json_int_t)(first + batch.count)));
+    record(p, "allow", 200, batch.count, len);
+    sc_event_batch_free(&batch);
+}
+
 /* ======================= HTTP port ====================================== */
 
 static void http_done(void *arg, int status, uint64_t bytes, bool ok)
@@ -1429,13 +1892,15 @@ static void handle_product(worker *w, struct evhttp_request *req,
     else if (strncmp(rest, "/files/", 7) == 0) {
         p->port = POL_PORT_FILE;
         file = rest + 7;
+    } else if (strcmp(rest, "/events") == 0) {
+        p->port = POL_PORT_EVENT;
     } else if (strcmp(rest, "/http") == 0 || strncmp(rest, "/http/", 6) == 0) {
         p->port = POL_PORT_HTTP;
         http_rest = rest[5] ? rest + 6 : "";
     } else {
         reply_error(req, 404, "Not Found", "not found",
                     "product paths are /v1/products/{domain}/{product}/query, "
-                    ".../files/[name] and .../http/[path]");
+                    ".../files/[name], .../events and .../http/[path]");
         preq_free(p);
         return;
     }
@@ -1452,6 +1917,23 @@ static void handle_product(worker *w, struct evhttp_request *req,
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
                           "GET");
         fail(p, 405, "method not allowed", "the file port takes GET");
+        preq_free(p);
+        return;
+    }
+    if (p->port == POL_PORT_EVENT && cmd != EVHTTP_REQ_GET &&
+        cmd != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                          "GET, POST");
+        fail(p, 405, "method not allowed",
+             "the event port takes POST (publish) and GET (subscribe)");
+        preq_free(p);
+        return;
+    }
+    if (p->port == POL_PORT_EVENT && cmd == EVHTTP_REQ_POST) {
+        /* Publishing is the port's own service's, named in the port: no
+         * read decision. */
+        if (identify(p) == 0)
+            handle_publish(p);
         preq_free(p);
         return;
     }
@@ -1474,6 +1956,9 @@ static void handle_product(worker *w, struct evhttp_request *req,
     if (p->port == POL_PORT_QUERY) {
         handle_query(p);
         preq_free(p);
+    } else if (p->port == POL_PORT_EVENT) {
+        if (!handle_subscribe(p))
+            preq_free(p);
     } else if (file == NULL) {
         handle_list(p);
         preq_free(p);
@@ -1551,6 +2036,14 @@ static int worker_init(sc_http *h, worker *w)
                      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
                      EVHTTP_REQ_OPTIONS);
     evhttp_set_gencb(w->http, handle_request, w);
+    w->wake = event_new(w->base, -1, 0, worker_wake, w);
+    w->beat = event_new(w->base, -1, EV_PERSIST, worker_beat, w);
+    if (w->wake == NULL || w->beat == NULL)
+        return -1;
+    {
+        struct timeval beat = {15, 0};
+        event_add(w->beat, &beat);
+    }
     return 0;
 }
 
@@ -1558,8 +2051,14 @@ static void worker_free(worker *w)
 {
     pgq_close(w->pg);
     w->pg = NULL;
+    /* Freeing the server closes the consumers' connections, whose close
+     * callbacks free the consumers. */
     if (w->http)
         evhttp_free(w->http);
+    if (w->wake)
+        event_free(w->wake);
+    if (w->beat)
+        event_free(w->beat);
     if (w->base)
         event_base_free(w->base);
 }
@@ -1633,6 +2132,8 @@ int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err)
         }
         h->w[i].started = 1;
     }
+    if (h->o.events)
+        sc_events_set_listener(h->o.events, events_visible, h);
     *out = h;
     return 0;
 fail:
@@ -1651,6 +2152,8 @@ void sc_http_free(sc_http *h)
 
     if (h == NULL)
         return;
+    if (h->o.events)
+        sc_events_set_listener(h->o.events, NULL, NULL);
     for (i = 0; i < h->nworkers; i++)
         if (h->w[i].started)
             event_base_loopexit(h->w[i].base, NULL);

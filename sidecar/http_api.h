@@ -1,8 +1,9 @@
 /*
  * http_api.h — the sidecar's HTTP port (--listen) on libevent's evhttp:
  * POST /v1/check (the Check API as JSON) and the product ports
- * /v1/products/{domain}/{product}/query, .../files/[name] and
- * .../http/{path} (docs/sidecar.md).  N event loops, one thread each,
+ * /v1/products/{domain}/{product}/query, .../files/[name], .../events
+ * (publish, and subscribe as Server-Sent Events) and .../http/{path}
+ * (docs/sidecar.md).  N event loops, one thread each,
  * accept on one listening socket.
  */
 #ifndef POLIS_SC_HTTP_API_H
@@ -11,6 +12,7 @@
 #include "common/error.h"
 #include "sidecar/access_log.h"
 #include "sidecar/checker.h"
+#include "sidecar/event_port.h"
 #include "sidecar/ports.h"
 #include "sidecar/query_sqlite.h"
 #include "sidecar/snapshot.h"
@@ -36,6 +38,8 @@ typedef struct sc_http_options {
                                dropped; 0: 30000 */
     int proxy_timeout_ms;   /* HTTP port: an upstream silent this long is a
                                504; 0: 30000 */
+    sc_events *events;      /* event ports' logs; NULL: event ports answer
+                               503 */
 } sc_http_options;
 
 /*

@@ -13,6 +13,7 @@
 #include "sidecar/access_log.h"
 #include "sidecar/authorizer.h"
 #include "sidecar/checker.h"
+#include "sidecar/event_port.h"
 #include "sidecar/http_api.h"
 #include "sidecar/ports.h"
 #include "sidecar/snapshot.h"
@@ -44,6 +45,9 @@ typedef struct sc_config {
     int query_max_mb;
     int write_timeout_ms;
     int proxy_timeout_ms;
+    int event_retention_hours;
+    int event_retention_mb;
+    int event_fsync_interval_ms;
     int shutdown_grace_ms;
     char log_level[16];
     char log_format[16];
@@ -92,6 +96,14 @@ static const config_option sc_options[] = {
     OPT("proxy-timeout-ms", CONFIG_INT, proxy_timeout_ms, "30000", 10, 3600000,
         "HTTP ports: an upstream that says nothing this long (connect, "
         "between reads) is a 504"),
+    OPT("event-retention-hours", CONFIG_INT, event_retention_hours, "168", 1,
+        87600, "event ports without retentionHours keep events this long"),
+    OPT("event-retention-mb", CONFIG_INT, event_retention_mb, "1024", 1,
+        1048576, "event ports without retentionBytes keep this many MiB"),
+    OPT("event-fsync-interval-ms", CONFIG_INT, event_fsync_interval_ms, "0", 0,
+        10000,
+        "event ports with fsync batch: at most one fsync per interval (0: "
+        "as soon as events wait; more: fewer fsyncs, slower acks)"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
         "how long live calls may finish on shutdown"),
     OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
@@ -103,15 +115,16 @@ static const config_option sc_options[] = {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: polis-sidecar --domain DOMAIN [flags]\n\n"
-            "The Polis sidecar: subscribes to its domain's snapshot from the "
-            "control plane,\nkeeps the last good one on disk and answers "
-            "access checks (HTTP POST /v1/check,\ngRPC "
-            "polis.v1.Authorizer/Check) and serves its data products' query "
-            "and\nfile ports (HTTP /v1/products/...).\n\nFlags (also "
-            "POLIS_<FLAG> in the "
-            "environment, e.g. POLIS_DOMAIN):\n");
+    fprintf(
+        out,
+        "usage: polis-sidecar --domain DOMAIN [flags]\n\n"
+        "The Polis sidecar: subscribes to its domain's snapshot from the "
+        "control plane,\nkeeps the last good one on disk and answers "
+        "access checks (HTTP POST /v1/check,\ngRPC "
+        "polis.v1.Authorizer/Check) and serves its data products' query, "
+        "file,\nevent and HTTP ports (HTTP /v1/products/...).\n\nFlags (also "
+        "POLIS_<FLAG> in the "
+        "environment, e.g. POLIS_DOMAIN):\n");
     config_print_help(out, sc_options, N_OPTIONS);
 }
 
@@ -123,6 +136,7 @@ typedef struct sc_runtime {
     sc_checker *checker;
     sc_ports *ports;
     sc_access_log *access;
+    sc_events *events;
     sc_subscriber *sub;
     rpc_server *rpc;
     sc_http *http;
@@ -201,7 +215,9 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     sc_subscriber_options so = {0};
     sc_access_log_options ao = {0};
     sc_http_options ho = {0};
+    sc_events_options eo = {0};
     rpc_server_options ro = {0};
+    char events_dir[sizeof(rt->conf.state_dir) + 8];
     int rc;
 
     rt->m = metrics_new();
@@ -225,6 +241,13 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
                            rt->conf.data_root, &rt->ports, err)))
         return rc;
     so.access_log = rt->access;
+    snprintf(events_dir, sizeof(events_dir), "%s/events", rt->conf.state_dir);
+    eo.dir = events_dir;
+    eo.retention_bytes = (uint64_t)rt->conf.event_retention_mb * 1024 * 1024;
+    eo.retention_ms = (int64_t)rt->conf.event_retention_hours * 3600 * 1000;
+    eo.batch_interval_ms = (unsigned)rt->conf.event_fsync_interval_ms;
+    if ((rc = sc_events_new(&eo, &rt->events, err)))
+        return rc;
     if ((rc = sc_subscriber_new(&so, rt->slot, rt->m, &rt->sub, err)))
         return rc;
     restore(rt);
@@ -250,6 +273,7 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     ho.query.max_bytes = (uint64_t)rt->conf.query_max_mb * 1024 * 1024;
     ho.write_timeout_ms = rt->conf.write_timeout_ms;
     ho.proxy_timeout_ms = rt->conf.proxy_timeout_ms;
+    ho.events = rt->events;
     if ((rc = sc_http_start(&ho, &rt->http, err))) {
         polis_error_prefix_where(err, "--listen");
         return rc;
@@ -275,7 +299,10 @@ static void runtime_stop(sc_runtime *rt)
     /* Stop taking work first, then the threads that feed the checker. */
     if (rt->rpc)
         rpc_server_shutdown(rt->rpc, rt->conf.shutdown_grace_ms);
+    /* Wakes publishers waiting for an fsync and the bridges' readers. */
+    sc_events_shutdown(rt->events);
     sc_http_free(rt->http);
+    sc_events_free(rt->events);
     /* After the ports (no more records), before the log it drains. */
     sc_subscriber_free(rt->sub);
     sc_access_log_free(rt->access);
