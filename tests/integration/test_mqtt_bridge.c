@@ -318,6 +318,59 @@ static int apply_principal(const char *name, const char *token)
     return apply1(doc) > 0 ? 0 : -1;
 }
 
+/* The partner's feed: events above 10, emails masked; `paused` adds a
+ * rule that denies the partner the product. */
+static int64_t apply_policy(bool paused)
+{
+    char policy[2048];
+
+    snprintf(policy, sizeof(policy),
+             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\",\"metadata\":"
+             "{\"name\":\"partner-feed\"},\"spec\":{\"scope\":\"global\","
+             "\"rules\":["
+             "{\"name\":\"partner-reads-orders\",\"effect\":\"allow\","
+             "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\"],"
+             "\"ports\":[\"event\"]},"
+             "{\"name\":\"service-writes-orders\",\"effect\":\"allow\","
+             "\"subjects\":[\"orders-service\"],\"resources\":"
+             "[\"sales/orders\"],\"ports\":[\"event\"]},"
+             "{\"name\":\"mask-emails\",\"effect\":\"mask\",\"subjects\":"
+             "[\"*\"],\"resources\":[\"*\"],\"mask\":{\"method\":\"email\","
+             "\"classifications\":[\"pii.email\"]}},"
+             "{\"name\":\"big-orders-only\",\"effect\":\"filter\","
+             "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\"],"
+             "\"filter\":\"amount > 10\"}%s]}}",
+             paused ? ",{\"name\":\"partner-paused\",\"effect\":\"deny\","
+                      "\"subjects\":[\"partner\"],\"resources\":"
+                      "[\"sales/orders\"]}"
+                    : "");
+    return apply1(policy);
+}
+
+/* Wait until the sidecar enforces revision `rev` and the partner's
+ * decision is `allowed`. */
+static int wait_revision(int64_t rev, bool allowed)
+{
+    int64_t until = now_ms() + 15000;
+
+    while (now_ms() < until) {
+        json_t *ans = NULL;
+        long st = sidecarenv_check(sc,
+                                   "{\"principal\":\"partner\",\"product\":"
+                                   "\"sales/orders\",\"port\":\"event\"}",
+                                   &ans, 2000);
+        json_int_t r = json_integer_value(json_object_get(ans, "revision"));
+        bool ok = json_is_true(json_object_get(ans, "allowed"));
+        json_decref(ans);
+        if (st == 200 && r >= rev && ok == allowed)
+            return 0;
+        usleep(50 * 1000);
+    }
+    fprintf(stderr, "\nthe sidecar never reached revision %lld\n",
+            (long long)rev);
+    return -1;
+}
+
 typedef struct body {
     char *data;
     size_t len;
@@ -398,7 +451,7 @@ static int suite_init(void)
     cpenv_options o = {.extra_args = cp_args};
     sidecarenv_options so = {
         .domain = "sales", .id = "sales-bridge-1", .wait_ready = true};
-    char product[2048], policy[2048];
+    char product[2048];
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
     mosquitto_lib_init();
@@ -418,22 +471,6 @@ static int suite_init(void)
              "[\"pii.email\"]},"
              "{\"name\":\"amount\",\"type\":\"decimal\"}]}}",
              broker_port);
-    snprintf(policy, sizeof(policy), "%s",
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\",\"metadata\":"
-             "{\"name\":\"partner-feed\"},\"spec\":{\"scope\":\"global\","
-             "\"rules\":["
-             "{\"name\":\"partner-reads-orders\",\"effect\":\"allow\","
-             "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\"],"
-             "\"ports\":[\"event\"]},"
-             "{\"name\":\"service-writes-orders\",\"effect\":\"allow\","
-             "\"subjects\":[\"orders-service\"],\"resources\":"
-             "[\"sales/orders\"],\"ports\":[\"event\"]},"
-             "{\"name\":\"mask-emails\",\"effect\":\"mask\",\"subjects\":"
-             "[\"*\"],\"resources\":[\"*\"],\"mask\":{\"method\":\"email\","
-             "\"classifications\":[\"pii.email\"]}},"
-             "{\"name\":\"big-orders-only\",\"effect\":\"filter\","
-             "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\"],"
-             "\"filter\":\"amount > 10\"}]}}");
     cp = cpenv_start(&o);
     if (cp == NULL || (gov = cpenv_channel(cp)) == NULL)
         goto fail;
@@ -441,7 +478,7 @@ static int suite_init(void)
                "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
                "}}") < 0 ||
         apply1(product) < 0 || apply_principal("orders-service", PUBLISHER) ||
-        apply_principal("partner", PARTNER) || apply1(policy) < 0)
+        apply_principal("partner", PARTNER) || apply_policy(false) < 0)
         goto fail;
     so.controlplane = cp->grpc_target;
     if ((sc = sidecarenv_start(&so)) == NULL)
@@ -575,10 +612,64 @@ static void test_sidecar_restart_no_replay(void)
     check_event(first, 17, "****@example.com", 17);
 }
 
+static void test_audience_denied(void)
+{
+    int64_t skipped, resumed, rev;
+
+    /* Denied: the bridge forwards nothing and skips the events... */
+    CU_ASSERT_FATAL((rev = apply_policy(true)) > 0);
+    CU_ASSERT_FATAL(wait_revision(rev, false) == 0);
+    usleep(300 * 1000); /* the bridge looks at the slot between reads */
+    skipped = publish(
+        "[{\"order_id\":21,\"email\":\"nu@example.com\",\"amount\":21}]");
+    CU_ASSERT_FATAL(skipped >= 0);
+    usleep(500 * 1000);
+    /* ...and resumes with the next event once allowed again. */
+    CU_ASSERT_FATAL((rev = apply_policy(false)) > 0);
+    CU_ASSERT_FATAL(wait_revision(rev, true) == 0);
+    usleep(300 * 1000);
+    resumed =
+        publish("[{\"order_id\":22,\"email\":\"om@shop.org\",\"amount\":22}]");
+    CU_ASSERT_FATAL(resumed >= 0);
+    CU_ASSERT_FATAL(wait_for(&resumed, 1, 15000));
+    usleep(300 * 1000);
+    CU_ASSERT_EQUAL(copies_of(skipped), 0);
+    check_event(resumed, 22, "****@shop.org", 22);
+    CU_ASSERT(first_arrivals_in_order());
+}
+
+static void test_stop_while_broker_down(void)
+{
+    int64_t first, t0, stop_ms;
+    int status;
+
+    /* Stopping never waits for a broker that is not there. */
+    CU_ASSERT_FATAL(testenv_proc_stop(broker, 5000) == 0);
+    broker = NULL;
+    first = publish(
+        "[{\"order_id\":31,\"email\":\"pa@example.com\",\"amount\":31}]");
+    CU_ASSERT_FATAL(first >= 0);
+    usleep(700 * 1000);
+    t0 = now_ms();
+    status = sidecarenv_stop(sc, 10000);
+    stop_ms = now_ms() - t0;
+    printf("(sidecar stopped in %lld ms with the broker down) ",
+           (long long)stop_ms);
+    CU_ASSERT_EQUAL(status, 0);
+    CU_ASSERT(stop_ms < 3000);
+    /* The event is forwarded once both are back. */
+    CU_ASSERT_FATAL(broker_start() == 0);
+    CU_ASSERT_FATAL(sidecarenv_restart(sc, true) == 0);
+    CU_ASSERT_FATAL(wait_for(&first, 1, 20000));
+    check_event(first, 31, "****@example.com", 31);
+}
+
 static const test_case cases[] = {
     {"governed_view", test_governed_view},
     {"broker_restart", test_broker_restart},
     {"sidecar_restart_no_replay", test_sidecar_restart_no_replay},
+    {"audience_denied", test_audience_denied},
+    {"stop_while_broker_down", test_stop_while_broker_down},
     {NULL, NULL},
 };
 
