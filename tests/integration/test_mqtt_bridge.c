@@ -29,7 +29,7 @@
 #define PUBLISHER "orders-service-token-0123456789"
 #define PARTNER   "partner-token-0123456789"
 #define TOPIC     "polis/sales/orders"
-#define MAX_MSGS  1000
+#define MAX_MSGS  4000
 
 static cpenv *cp;
 static rpc_channel *gov;
@@ -664,11 +664,54 @@ static void test_stop_while_broker_down(void)
     check_event(first, 31, "****@example.com", 31);
 }
 
+/* More than the bridge's in-flight window (256), with the broker restarted
+ * in the middle: every event arrives, in order of first arrival. */
+static void test_burst_across_broker_restart(void)
+{
+    enum { N = 600 };
+    static int64_t want[N];
+    char *events = malloc(N * 80 + 16);
+    size_t len = 0;
+    int64_t first, t0;
+
+    CU_ASSERT_FATAL(events != NULL);
+    events[len++] = '[';
+    for (int i = 0; i < N; i++)
+        len += (size_t)sprintf(events + len,
+                               "%s{\"order_id\":%d,\"email\":"
+                               "\"u%d@example.com\",\"amount\":%d}",
+                               i ? "," : "", 1000 + i, i, 100 + i);
+    events[len++] = ']';
+    events[len] = '\0';
+    first = publish(events);
+    free(events);
+    CU_ASSERT_FATAL(first >= 0);
+    for (int i = 0; i < N; i++)
+        want[i] = first + i;
+    usleep(30 * 1000);
+    CU_ASSERT_FATAL(testenv_proc_stop(broker, 5000) == 0);
+    broker = NULL;
+    CU_ASSERT_FATAL(broker_start() == 0);
+    t0 = now_ms();
+    CU_ASSERT_FATAL(wait_for(want, N, 30000));
+    {
+        size_t copies = 0;
+        for (int i = 0; i < N; i++)
+            copies += copies_of(want[i]);
+        printf("(%d events complete %lld ms after the broker restarted, "
+               "%zu duplicates) ",
+               N, (long long)(now_ms() - t0), copies - N);
+    }
+    check_event(first + N - 1, 1000 + N - 1, "****@example.com", 100 + N - 1);
+    CU_ASSERT(first_arrivals_in_order());
+}
+
 static const test_case cases[] = {
     {"governed_view", test_governed_view},
     {"broker_restart", test_broker_restart},
     {"sidecar_restart_no_replay", test_sidecar_restart_no_replay},
     {"audience_denied", test_audience_denied},
+    {"burst_across_broker_restart", test_burst_across_broker_restart},
     {"stop_while_broker_down", test_stop_while_broker_down},
     {NULL, NULL},
 };
