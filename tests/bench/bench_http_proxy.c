@@ -9,6 +9,8 @@
  *   BENCH_ROUNDS=2                   rounds of direct, nginx, sidecar runs
  *   BENCH_SIDECAR_WORKERS=1          the sidecar's --http-workers
  *   BENCH_NGINX_ACCESS_LOG=1         the nginx proxy writes an access log
+ *   BENCH_NGINX_KEEPALIVE=64         nginx's upstream pool; 0: a connection
+ *                                    per request, as the sidecar does
  *
  * Set-up, stated in the output too: etcd, the control plane, polis-sidecar
  * and both nginx are real processes on loopback.  Each nginx runs as one
@@ -32,8 +34,20 @@
  * control plane's CPU while the sidecar ran (it receives the sidecar's
  * access records).
  *
- * Figures (2 shared cores, -c32, 10 s, sidecar --http-workers 1): see the
- * report in the commit log; first measured in the run of this commit.
+ * Figures (2 cores shared with other work, defaults): the sidecar reached
+ * 0.18-0.24 of nginx's requests/s (nginx 18-57k/s, sidecar 4-10k/s), far
+ * below the 0.8 aim, with p99 5-40 ms above nginx's.  CPU per request,
+ * steadier: nginx ~20 us, sidecar ~95-130 us, and the upstream ~10 us
+ * behind nginx but ~45 us behind the sidecar.  Where it goes (perf): the
+ * sidecar opens and closes an upstream connection per request (socket,
+ * connect, epoll_ctl, shutdown, close: ~40% of its CPU, and the upstream's
+ * accept/close); with BENCH_NGINX_KEEPALIVE=0 nginx pays the same and the
+ * ratio was 0.61 (nginx ~75 us per request).  Then per-request calloc of
+ * a pol_decision (~5%), a json_deep_copy of the product (~2.5%), SHA-256
+ * of the token with an EVP fetch each time (~2%).  The access records cost
+ * the sidecar under 1% and the control plane ~0.05 cores, but above ~5k
+ * requests/s the sidecar dropped records (memory bound of 10,000 reached
+ * between 2 s flushes): 15,880 of 33,936 at ~10k/s.
  */
 #include "common/rpc.h"
 #include "polis/v1/governance.pb-c.h"
@@ -531,6 +545,7 @@ int main(int argc, char **argv)
     int rounds = env_int("BENCH_ROUNDS", 2, 1, MAX_ROUNDS);
     int workers = env_int("BENCH_SIDECAR_WORKERS", 1, 1, 64);
     bool nginx_log = env_int("BENCH_NGINX_ACCESS_LOG", 1, 0, 1) == 1;
+    int pool = env_int("BENCH_NGINX_KEEPALIVE", 64, 0, 10000);
     int segment = seconds / rounds > 0 ? seconds / rounds : 1;
     const char *tmp;
     nginx up = {0}, px = {0};
@@ -538,7 +553,7 @@ int main(int argc, char **argv)
     rpc_channel *gov = NULL;
     sidecarenv *sc = NULL;
     sidecarenv_options so = {.domain = DOMAIN, .id = "bench-http-sidecar"};
-    char workers_arg[16], http_extra[700], server[512];
+    char workers_arg[16], http_extra[700], server[512], pool_line[64] = "";
     const char *sc_args[] = {"--http-workers", workers_arg, NULL};
     target direct = {.name = "direct"}, ngx = {.name = "nginx"},
            side = {.name = "sidecar", .token = true};
@@ -583,14 +598,17 @@ int main(int argc, char **argv)
     b.upstream_pid = testenv_proc_pid(up.proc);
 
     /* 2. nginx as the reverse proxy, with an upstream keep-alive pool. */
+    if (pool > 0)
+        snprintf(pool_line, sizeof(pool_line), "    keepalive %d;\n", pool);
     snprintf(http_extra, sizeof(http_extra),
              "  upstream app {\n"
              "    server 127.0.0.1:%d;\n"
-             "    keepalive 64;\n"
+             "%s"
              "    keepalive_requests 100000000;\n"
              "  }\n"
              "  access_log %s%s;\n",
-             up.port, nginx_log ? tmp : "off", nginx_log ? "/access.log" : "");
+             up.port, pool_line, nginx_log ? tmp : "off",
+             nginx_log ? "/access.log" : "");
     if (nginx_start(&px, tmp, "proxy", testenv_free_port(), http_extra,
                     "    location / {\n"
                     "      proxy_pass http://app;\n"
@@ -650,11 +668,11 @@ int main(int argc, char **argv)
     }
 
     printf("bench: http_settings wrk -t1 -c%d, %d rounds of %d s per "
-           "target; nginx 1.x master_process off, worker_processes 1, "
-           "proxy keepalive 64, proxy access_log %s; sidecar --http-workers "
-           "%d, access records on; upstream nginx return 200 (%zu-byte "
-           "body)\n",
-           conns, rounds, segment, nginx_log ? "on" : "off", workers,
+           "target; nginx master_process off, worker_processes 1, "
+           "proxy upstream keepalive %d, proxy access_log %s; sidecar "
+           "--http-workers %d, access records on; upstream nginx return 200 "
+           "(%zu-byte body)\n",
+           conns, rounds, segment, pool, nginx_log ? "on" : "off", workers,
            strlen(BODY_200));
     fflush(stdout);
 
