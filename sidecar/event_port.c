@@ -237,11 +237,12 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
     lo.retention_ms = json_is_integer(rh) && json_integer_value(rh) > 0
                           ? (int64_t)json_integer_value(rh) * 3600 * 1000
                           : ev->o.retention_ms;
-    /* Segments a sixteenth of the retention (at least 1 MiB) so that
-     * retention, which drops whole segments, keeps close to the bound. */
+    /* Segments a sixteenth of the retention (64 KiB to 64 MiB): retention
+     * drops whole segments, so the log keeps between 15/16 of the bound
+     * and the bound plus the active segment. */
     lo.segment_bytes = lo.retention_bytes / 16;
-    if (lo.segment_bytes < 1024 * 1024)
-        lo.segment_bytes = 1024 * 1024;
+    if (lo.segment_bytes < 64 * 1024)
+        lo.segment_bytes = 64 * 1024;
     if (lo.segment_bytes > 64 * 1024 * 1024)
         lo.segment_bytes = 64 * 1024 * 1024;
     lo.on_visible = log_visible;
