@@ -15,6 +15,7 @@
 #include "sidecar/checker.h"
 #include "sidecar/event_port.h"
 #include "sidecar/http_api.h"
+#include "sidecar/mqtt_bridge.h"
 #include "sidecar/ports.h"
 #include "sidecar/snapshot.h"
 #include "sidecar/subscriber.h"
@@ -48,6 +49,7 @@ typedef struct sc_config {
     int event_retention_hours;
     int event_retention_mb;
     int event_fsync_interval_ms;
+    int mqtt_reconnect_max_ms;
     int shutdown_grace_ms;
     char log_level[16];
     char log_format[16];
@@ -104,6 +106,10 @@ static const config_option sc_options[] = {
         10000,
         "event ports with fsync batch: at most one fsync per interval (0: "
         "as soon as events wait; more: fewer fsyncs, slower acks)"),
+    OPT("mqtt-reconnect-max-ms", CONFIG_INT, mqtt_reconnect_max_ms, "10000",
+        100, 600000,
+        "event ports' MQTT bridges: the longest wait between reconnects "
+        "(the backoff doubles from 250 ms up to this)"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
         "how long live calls may finish on shutdown"),
     OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
@@ -137,6 +143,7 @@ typedef struct sc_runtime {
     sc_ports *ports;
     sc_access_log *access;
     sc_events *events;
+    sc_bridges *bridges;
     sc_subscriber *sub;
     rpc_server *rpc;
     sc_http *http;
@@ -216,6 +223,7 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     sc_access_log_options ao = {0};
     sc_http_options ho = {0};
     sc_events_options eo = {0};
+    sc_bridges_options bo = {0};
     rpc_server_options ro = {0};
     char events_dir[sizeof(rt->conf.state_dir) + 8];
     int rc;
@@ -283,6 +291,15 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
         polis_error_prefix_where(err, "--admin-listen");
         return rc;
     }
+    bo.domain = rt->conf.domain;
+    bo.id = rt->conf.id;
+    bo.state_dir = rt->conf.state_dir;
+    bo.slot = rt->slot;
+    bo.ports = rt->ports;
+    bo.events = rt->events;
+    bo.reconnect_max_ms = rt->conf.mqtt_reconnect_max_ms;
+    if ((rc = sc_bridges_start(&bo, &rt->bridges, err)))
+        return rc;
     if ((rc = sc_subscriber_start(rt->sub, err)))
         return rc;
     log_info("polis-sidecar serving",
@@ -301,6 +318,8 @@ static void runtime_stop(sc_runtime *rt)
         rpc_server_shutdown(rt->rpc, rt->conf.shutdown_grace_ms);
     /* Wakes publishers waiting for an fsync and the bridges' readers. */
     sc_events_shutdown(rt->events);
+    /* The bridges read the logs and the catalogue: before both go. */
+    sc_bridges_free(rt->bridges);
     sc_http_free(rt->http);
     sc_events_free(rt->events);
     /* After the ports (no more records), before the log it drains. */
