@@ -133,6 +133,40 @@ static double cpu_seconds(pid_t pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* CPU time the whole machine spent busy (every process, others' too), in
+ * seconds: a figure near the core count means the run was CPU-bound. */
+static double machine_busy_seconds(void)
+{
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    int n;
+
+    if (f == NULL)
+        return -1;
+    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    /* user nice system idle iowait irq softirq steal: idle and iowait are
+     * not busy */
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) /
+           (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Where the cores went during a phase that started at *_0 values. */
+static void print_cpu(const char *name, pid_t sidecar, double secs, double sc0,
+                      double me0, double all0)
+{
+    printf("bench: %s_sidecar_cpu %.2f cores\n", name,
+           (cpu_seconds(sidecar) - sc0) / secs);
+    printf("bench: %s_client_cpu %.2f cores\n", name,
+           (cpu_seconds(getpid()) - me0) / secs);
+    printf("bench: %s_machine_cpu %.2f cores of %ld\n", name,
+           (machine_busy_seconds() - all0) / secs,
+           sysconf(_SC_NPROCESSORS_ONLN));
+}
+
 /* ---- the mesh ------------------------------------------------------------ */
 
 static int64_t apply_docs(rpc_channel *ch, const char *const *docs, size_t n)
@@ -505,7 +539,8 @@ static int run_throughput(const sidecarenv *sc, const char *product,
 {
     tput_worker w[MAX_PUBLISHERS];
     pid_t pid = testenv_proc_pid(sc->proc);
-    double cpu0 = cpu_seconds(pid), secs, *all;
+    double cpu0 = cpu_seconds(pid), me0 = cpu_seconds(getpid()),
+           all0 = machine_busy_seconds(), secs, *all;
     uint64_t events = 0;
     size_t nall = 0;
     int64_t t0 = mono_us();
@@ -552,8 +587,7 @@ static int run_throughput(const sidecarenv *sc, const char *product,
         printf("bench: %s_ack_p50 %.2f ms\n", name, all[nall / 2]);
         printf("bench: %s_ack_p99 %.2f ms\n", name,
                all[(size_t)((double)nall * 0.99)]);
-        printf("bench: %s_sidecar_cpu %.2f cores\n", name,
-               (cpu_seconds(pid) - cpu0) / secs);
+        print_cpu(name, pid, secs, cpu0, me0, all0);
         fflush(stdout);
     } else if (rc == 0) {
         fprintf(stderr, "bench_events: %s: nothing published\n", name);
@@ -825,6 +859,8 @@ static int run_latency(const sidecarenv *sc, int nconsumers, int events,
     bool thread_up = false;
     long expected_total = 0, bad = 0;
     double *ack = calloc((size_t)events, sizeof(double));
+    pid_t pid = testenv_proc_pid(sc->proc);
+    double sc0 = 0, me0 = 0, all0 = 0;
     int64_t t0, until;
     int rc = -1;
 
@@ -866,6 +902,9 @@ static int run_latency(const sidecarenv *sc, int nconsumers, int events,
     }
     if (pub_init(&p, sc->http_url, "orders-live", 1024) != 0)
         goto out;
+    sc0 = cpu_seconds(pid);
+    me0 = cpu_seconds(getpid());
+    all0 = machine_busy_seconds();
     t0 = mono_us();
     for (int i = 1; i <= events; i++) {
         char why[512];
@@ -918,6 +957,8 @@ static int run_latency(const sidecarenv *sc, int nconsumers, int events,
     printf("bench: events_live_ack_p50 %.2f ms\n", ack[events / 2]);
     printf("bench: events_live_ack_p99 %.2f ms\n",
            ack[(size_t)((double)events * 0.99)]);
+    print_cpu("events_delivery", pid, (double)(mono_us() - t0) / 1e6, sc0, me0,
+              all0);
     rc = 0;
 out:
     if (thread_up) {
