@@ -62,6 +62,7 @@ typedef struct worker {
     struct consumer *consumers;
     struct event *wake;
     struct event *beat;
+    hp_pool *upstreams; /* HTTP ports' idle upstream connections */
 } worker;
 
 struct sc_http {
@@ -1838,7 +1839,7 @@ static void handle_http(preq *p, const char *rest)
     id.ngroups = p->subject.subject.ngroups;
     id.purpose = p->has_purpose ? p->purpose : NULL;
     id.rule = p->rule;
-    hp_forward(p->w->base, p->req, upstream, rest, &id,
+    hp_forward(p->w->base, p->w->upstreams, p->req, upstream, rest, &id,
                p->h->o.proxy_timeout_ms, p->h->o.write_timeout_ms, http_done,
                p);
 }
@@ -2036,9 +2037,10 @@ static int worker_init(sc_http *h, worker *w)
                      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
                      EVHTTP_REQ_OPTIONS);
     evhttp_set_gencb(w->http, handle_request, w);
+    w->upstreams = hp_pool_new();
     w->wake = event_new(w->base, -1, 0, worker_wake, w);
     w->beat = event_new(w->base, -1, EV_PERSIST, worker_beat, w);
-    if (w->wake == NULL || w->beat == NULL)
+    if (w->wake == NULL || w->beat == NULL || w->upstreams == NULL)
         return -1;
     {
         struct timeval beat = {15, 0};
@@ -2055,6 +2057,7 @@ static void worker_free(worker *w)
      * callbacks free the consumers. */
     if (w->http)
         evhttp_free(w->http);
+    hp_pool_free(w->upstreams);
     if (w->wake)
         event_free(w->wake);
     if (w->beat)

@@ -1,6 +1,7 @@
 /*
- * http_proxy.c — the HTTP port's reverse proxy (http_proxy.h): one evhttp
- * client connection per request on the serving loop, end-to-end headers
+ * http_proxy.c — the HTTP port's reverse proxy (http_proxy.h): evhttp
+ * client connections on the serving loop, kept alive in a per-loop pool
+ * between requests, end-to-end headers
  * copied, the caller's identity added, the response relayed chunk by chunk
  * with upstream reads paused while the client lags.
  */
@@ -25,8 +26,28 @@
 #define HP_IDLE_TIMEOUT_S 30
 #define HP_MAX_TARGET     8192
 
+/* Idle upstream connections kept per loop, and for how long. */
+#define HP_POOL_MAX    64
+#define HP_POOL_IDLE_S 30
+
+typedef struct hp_idle {
+    char host[256];
+    int port;
+    struct evhttp_connection *evcon;
+    time_t since;
+} hp_idle;
+
+struct hp_pool {
+    hp_idle idle[HP_POOL_MAX];
+    size_t n;
+};
+
 typedef struct hp_ctx {
     struct event_base *base;
+    hp_pool *pool;
+    char host[256];
+    int port;
+    bool reusable; /* the exchange completed: uevcon may serve another */
     struct evhttp_request *req;       /* the client's */
     struct evhttp_connection *cevcon; /* the client's connection */
     struct evhttp_connection *uevcon; /* ours to the upstream */
@@ -116,9 +137,79 @@ static void reply_gateway(struct evhttp_request *req, int code)
         evbuffer_free(b);
 }
 
+hp_pool *hp_pool_new(void)
+{
+    return calloc(1, sizeof(hp_pool));
+}
+
+void hp_pool_free(hp_pool *p)
+{
+    if (p == NULL)
+        return;
+    for (size_t i = 0; i < p->n; i++)
+        evhttp_connection_free(p->idle[i].evcon);
+    free(p);
+}
+
+/* Drop entries idle too long (the upstream has likely closed them). */
+static void pool_expire(hp_pool *p, time_t now)
+{
+    for (size_t i = 0; i < p->n;) {
+        if (now - p->idle[i].since > HP_POOL_IDLE_S) {
+            evhttp_connection_free(p->idle[i].evcon);
+            p->idle[i] = p->idle[--p->n];
+        } else {
+            i++;
+        }
+    }
+}
+
+/* An idle connection to host:port (the most recently used), or NULL. */
+static struct evhttp_connection *pool_get(hp_pool *p, const char *host,
+                                          int port)
+{
+    struct evhttp_connection *evcon;
+
+    if (p == NULL)
+        return NULL;
+    pool_expire(p, time(NULL));
+    for (size_t i = p->n; i-- > 0;) {
+        if (p->idle[i].port == port && strcmp(p->idle[i].host, host) == 0) {
+            evcon = p->idle[i].evcon;
+            memmove(&p->idle[i], &p->idle[i + 1],
+                    (p->n - i - 1) * sizeof(p->idle[0]));
+            p->n--;
+            return evcon;
+        }
+    }
+    return NULL;
+}
+
+/* Keep a connection whose exchange completed; a full pool drops its
+ * oldest. */
+static void pool_put(hp_pool *p, const char *host, int port,
+                     struct evhttp_connection *evcon)
+{
+    if (p->n == HP_POOL_MAX) {
+        evhttp_connection_free(p->idle[0].evcon);
+        memmove(&p->idle[0], &p->idle[1], (p->n - 1) * sizeof(p->idle[0]));
+        p->n--;
+    }
+    snprintf(p->idle[p->n].host, sizeof(p->idle[0].host), "%s", host);
+    p->idle[p->n].port = port;
+    p->idle[p->n].evcon = evcon;
+    p->idle[p->n].since = time(NULL);
+    p->n++;
+}
+
 static void ctx_free(hp_ctx *c)
 {
-    if (c->uevcon)
+    /* A connection is pooled only after a complete exchange: evhttp keeps
+     * it open when the upstream allows keep-alive and reconnects on the
+     * next request when it closed. */
+    if (c->uevcon && c->pool && c->reusable)
+        pool_put(c->pool, c->host, c->port, c->uevcon);
+    else if (c->uevcon)
         evhttp_connection_free(c->uevcon);
     if (c->pause_ev)
         event_free(c->pause_ev);
@@ -258,6 +349,7 @@ static void on_done(struct evhttp_request *ureq, void *arg)
     if (!failed) {
         if (!c->started)
             on_headers(ureq, c);
+        c->reusable = true;
         finish(c, true);
         evhttp_send_reply_end(c->req);
         return;
@@ -361,10 +453,10 @@ static void copy_request_headers(hp_ctx *c, struct evhttp_request *ureq,
     }
 }
 
-void hp_forward(struct event_base *base, struct evhttp_request *req,
-                const char *upstream, const char *rest, const hp_identity *id,
-                int timeout_ms, int write_timeout_ms, hp_done_fn done,
-                void *arg)
+void hp_forward(struct event_base *base, hp_pool *pool,
+                struct evhttp_request *req, const char *upstream,
+                const char *rest, const hp_identity *id, int timeout_ms,
+                int write_timeout_ms, hp_done_fn done, void *arg)
 {
     struct evhttp_uri *up = evhttp_uri_parse(upstream);
     const char *query =
@@ -403,7 +495,13 @@ void hp_forward(struct event_base *base, struct evhttp_request *req,
         scheme == NULL || strcasecmp(scheme, "http") != 0 ||
         build_target(up, rest, query, target, sizeof(target)) != 0)
         goto fail;
-    c->uevcon = evhttp_connection_base_new(base, NULL, host, (uint16_t)port);
+    c->pool = pool;
+    snprintf(c->host, sizeof(c->host), "%s", host);
+    c->port = port;
+    c->uevcon = pool_get(pool, c->host, port);
+    if (c->uevcon == NULL)
+        c->uevcon =
+            evhttp_connection_base_new(base, NULL, host, (uint16_t)port);
     ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
     if (ureq == NULL)
         goto fail;

@@ -29,7 +29,19 @@ typedef struct hp_identity {
 typedef void (*hp_done_fn)(void *arg, int status, uint64_t bytes, bool ok);
 
 /*
- * Forward `req` (the client's request, served by `base`) to `upstream`
+ * Idle keep-alive connections to upstreams, for one event loop (one
+ * thread): a connection whose exchange completed is kept (at most 64, each
+ * for 30 s) and serves the next request to the same host and port, which
+ * spares a TCP connect and close per request.  hp_pool_free closes them.
+ */
+typedef struct hp_pool hp_pool;
+
+hp_pool *hp_pool_new(void);
+void hp_pool_free(hp_pool *p);
+
+/*
+ * Forward `req` (the client's request, served by `base`, using `pool` of
+ * that loop, which may be NULL for a connection of its own) to `upstream`
  * ("http://host[:port][/base]") + "/" + `rest` (raw, already checked by
  * the caller to hold no "." or ".." segment) + the request's query
  * string.  Always answers the client: 502 {"error":"bad gateway"} when
@@ -40,10 +52,10 @@ typedef void (*hp_done_fn)(void *arg, int status, uint64_t bytes, bool ok);
  * is called exactly once, possibly before hp_forward returns, after the answer
  * is finished or abandoned; `req` must not be touched by the caller after it.
  */
-void hp_forward(struct event_base *base, struct evhttp_request *req,
-                const char *upstream, const char *rest, const hp_identity *id,
-                int timeout_ms, int write_timeout_ms, hp_done_fn done,
-                void *arg);
+void hp_forward(struct event_base *base, hp_pool *pool,
+                struct evhttp_request *req, const char *upstream,
+                const char *rest, const hp_identity *id, int timeout_ms,
+                int write_timeout_ms, hp_done_fn done, void *arg);
 
 /* A hop-by-hop header (RFC 9110 7.6.1 and the Proxy-* family), by name. */
 bool hp_hop_by_hop(const char *name);

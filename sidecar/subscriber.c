@@ -26,13 +26,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_ENDPOINTS   16
-#define ENDPOINT_MAX    256
-#define SNAPSHOT_MAX_MB 64 /* the control plane's own send limit */
-#define ACCESS_WINDOW   4  /* access batches sent and not yet acked */
-#define STOP_FLUSH_MS   1500
-#define RECV_SLICE_MS   250
-#define ACK_TIMEOUT_MS  30000 /* then the batches in flight are resent */
+#define MAX_ENDPOINTS     16
+#define ENDPOINT_MAX      256
+#define SNAPSHOT_MAX_MB   64 /* the control plane's own send limit */
+#define ACCESS_WINDOW     4  /* access batches sent and not yet acked */
+#define STOP_FLUSH_MS     1500
+#define RECV_SLICE_MS     100
+#define ACCESS_FULL_BATCH 500   /* records: sc_access_log's default batch */
+#define ACK_TIMEOUT_MS    30000 /* then the batches in flight are resent */
 
 struct sc_subscriber {
     char endpoints[MAX_ENDPOINTS][ENDPOINT_MAX];
@@ -373,6 +374,17 @@ static int on_access_ack(sc_subscriber *s, rpc_stream *st, access_flow *f,
     return f->backlog ? send_access(s, st, f) : 0;
 }
 
+/* Whether a whole batch waits beyond those in flight: at thousands of
+ * requests a second the memory bound would be reached before the next
+ * tick, so the records go as soon as a batch is full. */
+static bool access_batch_waiting(sc_subscriber *s, const access_flow *f)
+{
+    sc_access_log_stats st;
+
+    sc_access_log_stats_get(s->alog, &st);
+    return st.pending >= (uint64_t)(f->inflight + 1) * ACCESS_FULL_BATCH;
+}
+
 /* Disconnected: what was in flight goes back, everything goes to disk. */
 static void spool_access(sc_subscriber *s)
 {
@@ -505,6 +517,9 @@ static void session(sc_subscriber *s, const char *endpoint, bool *heard)
             flow.inflight = 0;
             flow.backlog = false;
         }
+        if (s->alog && now < next_flush && !flow.backlog &&
+            flow.inflight < ACCESS_WINDOW && access_batch_waiting(s, &flow))
+            next_flush = now; /* a busy port: do not wait for the tick */
         if (s->alog && now >= next_flush) {
             if (send_access(s, st, &flow) != 0) {
                 snprintf(why, sizeof(why), "cannot send access records");
