@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -1506,10 +1507,15 @@ struct pol_decision {
 
 pol_decision *pol_decision_new(void)
 {
-    pol_decision *d = calloc(1, sizeof(pol_decision));
+    pol_decision *d = malloc(sizeof(pol_decision));
 
-    if (d)
+    /* Only the header: the arrays (~57 KiB, zeroing them was a tenth of
+     * the HTTP port's CPU per request) are read only up to the counts,
+     * which pol_decide resets. */
+    if (d) {
+        memset(d, 0, offsetof(pol_decision, ids));
         d->reason = POL_REASON_DEFAULT_DENY; /* nothing decided yet */
+    }
     return d;
 }
 

@@ -137,8 +137,8 @@ int sc_ports_product(sc_ports *p, const sc_snapshot *snap, const char *name,
         if (found == NULL)
             rc = polis_error_set(err, POLIS_ENOTFOUND, NULL,
                                  "no data product %s/%s", p->domain, name);
-        else if ((*doc = json_deep_copy(found)) == NULL)
-            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        else
+            *doc = json_incref(found); /* shared, never modified */
     }
     pthread_mutex_unlock(&p->lock);
     return rc;
