@@ -59,7 +59,18 @@ struct sc_event_log {
     bool stop_flusher;
     bool has_flusher;
     pthread_t flusher;
+    /* Asynchronous appends (BATCH) waiting for their fsync, in append
+     * order (so in order of `end`). */
+    struct el_waiter *waiters, *waiters_tail;
+    int resolving; /* the flusher is calling waiters' callbacks */
 };
+
+typedef struct el_waiter {
+    uint64_t first, end;
+    sc_event_done_fn done;
+    void *ctx;
+    struct el_waiter *next;
+} el_waiter;
 
 /* ---- CRC-32C (Castagnoli), table driven ---- */
 
@@ -468,6 +479,41 @@ static int fsync_active_locked(sc_event_log *log, polis_error *err)
     return 0;
 }
 
+/* Lock held: detach the waiters whose records are durable (all of them
+ * when `all`).  Their callbacks run after the lock is released. */
+static el_waiter *take_waiters(sc_event_log *log, bool all)
+{
+    el_waiter *head = log->waiters, *last = NULL, *w = head;
+
+    while (w && (all || w->end <= log->durable_next)) {
+        last = w;
+        w = w->next;
+    }
+    if (last == NULL)
+        return NULL;
+    last->next = NULL;
+    log->waiters = w;
+    if (w == NULL)
+        log->waiters_tail = NULL;
+    return head;
+}
+
+/* No lock held: tell each waiter how its append ended. */
+static void resolve_waiters(sc_event_log *log, el_waiter *w, int code,
+                            const char *why)
+{
+    while (w) {
+        el_waiter *next = w->next;
+        polis_error err = {0};
+
+        if (code != 0)
+            polis_error_set(&err, code, log->dir, "%s", why);
+        w->done(w->ctx, code, w->first, code ? &err : NULL);
+        free(w);
+        w = next;
+    }
+}
+
 static void *flusher_main(void *arg)
 {
     sc_event_log *log = arg;
@@ -509,10 +555,21 @@ static void *flusher_main(void *arg)
                 log->durable_next = target;
         }
         pthread_cond_broadcast(&log->durable_cv);
-        if (rc == 0 && log->opts.on_visible) {
-            pthread_mutex_unlock(&log->mu);
-            log->opts.on_visible(log->opts.on_visible_ctx, target);
-            pthread_mutex_lock(&log->mu);
+        {
+            el_waiter *ready = take_waiters(log, rc != 0);
+            if (ready || (rc == 0 && log->opts.on_visible)) {
+                log->resolving++;
+                pthread_mutex_unlock(&log->mu);
+                /* Readers first: a publisher told "durable" may expect its
+                 * consumers to be woken already. */
+                if (rc == 0 && log->opts.on_visible)
+                    log->opts.on_visible(log->opts.on_visible_ctx, target);
+                resolve_waiters(log, ready, rc ? POLIS_EIO : 0,
+                                "fsync failed; the events may be lost");
+                pthread_mutex_lock(&log->mu);
+                log->resolving--;
+                pthread_cond_broadcast(&log->durable_cv);
+            }
         }
     }
     pthread_mutex_unlock(&log->mu);
@@ -634,10 +691,19 @@ void sc_event_log_shutdown(sc_event_log *log)
 {
     if (!log)
         return;
+    el_waiter *w;
+
     pthread_mutex_lock(&log->mu);
     log->closing = true;
     pthread_cond_broadcast(&log->durable_cv);
+    w = take_waiters(log, true);
+    /* After this returns no callback runs any more: the caller may free
+     * what the callbacks touch. */
+    while (log->resolving > 0)
+        pthread_cond_wait(&log->durable_cv, &log->mu);
     pthread_mutex_unlock(&log->mu);
+    resolve_waiters(log, w, POLIS_ECANCELED,
+                    "the event log shut down before the events were synced");
 }
 
 void sc_event_log_free(sc_event_log *log)
@@ -651,6 +717,9 @@ void sc_event_log_free(sc_event_log *log)
         pthread_mutex_unlock(&log->mu);
         pthread_join(log->flusher, NULL);
     }
+    resolve_waiters(log, take_waiters(log, true), POLIS_ECANCELED,
+                    "the event log was closed before the events were "
+                    "synced");
     for (size_t i = 0; i < log->nsegs; i++)
         segment_close(&log->segs[i]);
     free(log->segs);
@@ -698,8 +767,14 @@ static int roll_locked(sc_event_log *log, polis_error *err)
     return 0;
 }
 
-int sc_event_log_append(sc_event_log *log, const sc_event *events, size_t n,
-                        uint64_t *first_offset, polis_error *err)
+/*
+ * Both appends: write the records, then per the fsync policy wait for
+ * their fsync (`wait`, BATCH), or hand `waiter` to the flusher (BATCH,
+ * *queued set), or make them durable now (ALWAYS, NEVER).
+ */
+static int append(sc_event_log *log, const sc_event *events, size_t n,
+                  uint64_t *first_offset, el_waiter *waiter, bool *queued,
+                  polis_error *err)
 {
     unsigned char *buf = NULL;
     uint64_t total = 0, first = 0, end = 0;
@@ -807,6 +882,18 @@ int sc_event_log_append(sc_event_log *log, const sc_event *events, size_t n,
         break;
     case SC_EVENT_FSYNC_BATCH:
         pthread_cond_signal(&log->dirty_cv);
+        if (waiter) {
+            waiter->first = first;
+            waiter->end = end;
+            waiter->next = NULL;
+            if (log->waiters_tail)
+                log->waiters_tail->next = waiter;
+            else
+                log->waiters = waiter;
+            log->waiters_tail = waiter;
+            *queued = true;
+            break;
+        }
         while (log->durable_next < end && !log->failed)
             pthread_cond_wait(&log->durable_cv, &log->mu);
         if (log->durable_next < end)
@@ -821,6 +908,38 @@ out:
         *first_offset = first;
     if (notify && log->opts.on_visible)
         log->opts.on_visible(log->opts.on_visible_ctx, end);
+    return rc;
+}
+
+int sc_event_log_append(sc_event_log *log, const sc_event *events, size_t n,
+                        uint64_t *first_offset, polis_error *err)
+{
+    return append(log, events, n, first_offset, NULL, NULL, err);
+}
+
+int sc_event_log_append_async(sc_event_log *log, const sc_event *events,
+                              size_t n, sc_event_done_fn done, void *ctx,
+                              uint64_t *first_offset, bool *pending,
+                              polis_error *err)
+{
+    el_waiter *w = NULL;
+    bool queued = false;
+    int rc;
+
+    *pending = false;
+    if (log->opts.fsync == SC_EVENT_FSYNC_BATCH) {
+        if (done == NULL)
+            return polis_error_set(err, POLIS_EINVAL, log->dir,
+                                   "an asynchronous append needs a callback");
+        if ((w = calloc(1, sizeof(*w))) == NULL)
+            return polis_error_set(err, POLIS_ENOMEM, log->dir, "no memory");
+        w->done = done;
+        w->ctx = ctx;
+    }
+    rc = append(log, events, n, first_offset, w, &queued, err);
+    if (!queued)
+        free(w);
+    *pending = queued;
     return rc;
 }
 

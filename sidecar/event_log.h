@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -100,8 +101,10 @@ int sc_event_log_open(const sc_event_log_options *opts, sc_event_log **out,
 void sc_event_log_free(sc_event_log *log);
 
 /*
- * Refuse further appends (POLIS_ECANCELED) and wake every
- * sc_event_log_wait, which returns POLIS_ECANCELED.  Idempotent.
+ * Refuse further appends (POLIS_ECANCELED), wake every sc_event_log_wait,
+ * which returns POLIS_ECANCELED, and end every asynchronous append still
+ * waiting for its fsync (its callback gets POLIS_ECANCELED); once this
+ * returns no append callback runs any more.  Idempotent.
  */
 void sc_event_log_shutdown(sc_event_log *log);
 
@@ -117,6 +120,34 @@ void sc_event_log_shutdown(sc_event_log *log);
  */
 int sc_event_log_append(sc_event_log *log, const sc_event *events, size_t n,
                         uint64_t *first_offset, polis_error *err);
+
+/*
+ * How an asynchronous append ended: rc 0 (durable; `first` is the offset
+ * of its first event) or POLIS_EIO (the fsync failed) / POLIS_ECANCELED
+ * (shutdown) with `err`.  Called from the flusher thread (or the one
+ * calling sc_event_log_shutdown / _free), with no lock held; must not call
+ * back into the log and should be quick (hand the result to the caller's
+ * own thread).
+ */
+typedef void (*sc_event_done_fn)(void *ctx, int rc, uint64_t first,
+                                 const polis_error *err);
+
+/*
+ * Append as sc_event_log_append, without waiting for the fsync: for a
+ * caller that must not block (an event loop).  With BATCH the records are
+ * written and, when 0 is returned with *pending set, `done` is called
+ * exactly once when they are durable (or the log failed or shut down),
+ * possibly on another thread before this call returns; any number of
+ * appends then share one fsync.  With ALWAYS and NEVER the
+ * records are durable on return (0, *pending false, `done` never called;
+ * ALWAYS fsyncs in the call).  An error return means nothing was appended
+ * and `done` is not called.  *first_offset (may be NULL) gets the offset of
+ * the first event.  Thread-safe.
+ */
+int sc_event_log_append_async(sc_event_log *log, const sc_event *events,
+                              size_t n, sc_event_done_fn done, void *ctx,
+                              uint64_t *first_offset, bool *pending,
+                              polis_error *err);
 
 /*
  * Called by sc_event_log_read for each record, in offset order.  Return 0 to

@@ -62,7 +62,8 @@ typedef struct worker {
     struct consumer *consumers;
     struct event *wake;
     struct event *beat;
-    hp_pool *upstreams; /* HTTP ports' idle upstream connections */
+    hp_pool *upstreams;        /* HTTP ports' idle upstream connections */
+    struct publish *publishes; /* waiting for their fsync */
 } worker;
 
 struct sc_http {
@@ -1719,8 +1720,102 @@ refused:
     return false;
 }
 
-/* POST .../events: the product's own service publishes. */
-static void handle_publish(preq *p)
+/*
+ * A publish waiting for its fsync (fsync batch): the log's flusher calls
+ * publish_durable, which wakes the loop; the loop answers.  The loop never
+ * waits for a disk, and any number of publishes share one fsync.
+ */
+typedef struct publish {
+    preq *p;
+    struct event *ev; /* on the serving loop: the answer */
+    size_t count, len;
+    int rc;
+    uint64_t first;
+    polis_error err;
+    bool gone; /* the publisher hung up meanwhile */
+    struct publish *prev, *next;
+} publish;
+
+static void publish_unlink(publish *j)
+{
+    worker *w = j->p->w;
+
+    if (j->prev)
+        j->prev->next = j->next;
+    else if (w->publishes == j)
+        w->publishes = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+}
+
+static void publish_free(publish *j)
+{
+    publish_unlink(j);
+    if (j->p->evcon && !j->gone)
+        evhttp_connection_set_closecb(j->p->evcon, NULL, NULL);
+    event_free(j->ev);
+    preq_free(j->p);
+    free(j);
+}
+
+static void publish_answer(preq *p, int rc, uint64_t first, size_t count,
+                           size_t len, const polis_error *err)
+{
+    if (rc != 0) {
+        fail_err(p, rc == POLIS_ETOOBIG ? 413 : 503,
+                 rc == POLIS_ETOOBIG ? "too large" : "unavailable", err);
+        return;
+    }
+    reply_json(p->req, 200, "OK",
+               json_pack("{s:s, s:I, s:I, s:I}", "product", p->product, "first",
+                         (json_int_t)first, "count", (json_int_t)count, "next",
+                         (json_int_t)(first + count)));
+    record(p, "allow", 200, count, len);
+}
+
+/* On the loop: the fsync came (or failed). */
+static void publish_wake(evutil_socket_t fd, short what, void *arg)
+{
+    publish *j = arg;
+
+    (void)fd;
+    (void)what;
+    if (j->gone)
+        /* Durable or not, nobody is waiting: recorded as the client's
+         * hang-up (the events, when durable, are in the log). */
+        record(j->p, j->rc == 0 ? "allow" : "error", 499,
+               j->rc == 0 ? j->count : 0, j->len);
+    else
+        publish_answer(j->p, j->rc, j->first, j->count, j->len, &j->err);
+    publish_free(j);
+}
+
+/* The log's flusher thread: hand the result to the loop. */
+static void publish_durable(void *ctx, int rc, uint64_t first,
+                            const polis_error *err)
+{
+    publish *j = ctx;
+
+    j->rc = rc;
+    j->first = first;
+    if (err)
+        j->err = *err;
+    event_active(j->ev, 0, 0);
+}
+
+static void publish_closed(struct evhttp_connection *evcon, void *arg)
+{
+    publish *j = arg;
+
+    (void)evcon;
+    j->gone = true;
+    if (evhttp_request_get_connection(j->p->req) == NULL)
+        evhttp_send_reply_end(j->p->req); /* frees the detached request */
+}
+
+/* POST .../events: the product's own service publishes.  Returns true
+ * when the answer waits for an fsync (the publish took p over). */
+static bool handle_publish(preq *p)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(p->req);
     size_t len = evbuffer_get_length(in);
@@ -1730,6 +1825,8 @@ static void handle_publish(preq *p)
     size_t nschema = 0;
     polis_error err = {0};
     uint64_t first = 0;
+    publish *j = NULL;
+    bool pending = false;
     char text[512];
     int rc;
 
@@ -1739,14 +1836,14 @@ static void handle_publish(preq *p)
                  "%s is not a publisher of %s (the event port's publishers)",
                  p->principal, p->product);
         fail(p, 403, "forbidden", text);
-        return;
+        return false;
     }
     if (len > SC_EVENTS_MAX_BODY) {
         snprintf(text, sizeof(text),
                  "a publish is at most %d bytes; send fewer events at once",
                  SC_EVENTS_MAX_BODY);
         fail(p, 413, "too large", text);
-        return;
+        return false;
     }
     rc = fp_schema_from_product(p->doc, &schema, &nschema, &err);
     if (rc == 0)
@@ -1756,27 +1853,42 @@ static void handle_publish(preq *p)
     if (rc != 0) {
         fail_err(p, rc == POLIS_ENOMEM ? 500 : 400, "bad events", &err);
         sc_event_batch_free(&batch);
-        return;
+        return false;
     }
     if (event_log_of(p, &log) != 0) {
         sc_event_batch_free(&batch);
-        return;
+        return false;
     }
-    /* Blocks until the events are durable per the port's fsync setting:
-     * the answer is the acknowledgement. */
-    rc = sc_event_log_append(log, batch.events, batch.count, &first, &err);
-    if (rc != 0) {
-        fail_err(p, rc == POLIS_ETOOBIG ? 413 : 503,
-                 rc == POLIS_ETOOBIG ? "too large" : "unavailable", &err);
+    if ((j = calloc(1, sizeof(*j))) == NULL ||
+        (j->ev = event_new(p->w->base, -1, 0, publish_wake, j)) == NULL) {
+        free(j);
         sc_event_batch_free(&batch);
-        return;
+        fail(p, 500, "out of memory", "cannot take the publish");
+        return false;
     }
-    reply_json(p->req, 200, "OK",
-               json_pack("{s:s, s:I, s:I, s:I}", "product", p->product, "first",
-                         (json_int_t)first, "count", (json_int_t)batch.count,
-                         "next", (json_int_t)(first + batch.count)));
-    record(p, "allow", 200, batch.count, len);
+    j->p = p;
+    j->count = batch.count;
+    j->len = len;
+    /* Registered before the append: its callback may run on the flusher
+     * at once, and the wake then finds everything in place. */
+    p->evcon = evhttp_request_get_connection(p->req);
+    rc = sc_event_log_append_async(log, batch.events, batch.count,
+                                   publish_durable, j, &first, &pending, &err);
     sc_event_batch_free(&batch);
+    if (!pending) {
+        size_t count = j->count;
+        event_free(j->ev);
+        free(j);
+        publish_answer(p, rc, first, count, len, &err);
+        return false;
+    }
+    j->next = p->w->publishes;
+    if (j->next)
+        j->next->prev = j;
+    p->w->publishes = j;
+    if (p->evcon)
+        evhttp_connection_set_closecb(p->evcon, publish_closed, j);
+    return true;
 }
 
 /* ======================= HTTP port ====================================== */
@@ -1933,9 +2045,8 @@ static void handle_product(worker *w, struct evhttp_request *req,
     if (p->port == POL_PORT_EVENT && cmd == EVHTTP_REQ_POST) {
         /* Publishing is the port's own service's, named in the port: no
          * read decision. */
-        if (identify(p) == 0)
-            handle_publish(p);
-        preq_free(p);
+        if (identify(p) != 0 || !handle_publish(p))
+            preq_free(p);
         return;
     }
     if (http_rest && climbs(http_rest)) {
@@ -2061,6 +2172,10 @@ static void worker_free(worker *w)
 {
     pgq_close(w->pg);
     w->pg = NULL;
+    /* Publishes still waiting (their fsync was cancelled by
+     * sc_events_shutdown after the loop stopped): no answer can go out. */
+    while (w->publishes)
+        publish_free(w->publishes);
     /* Freeing the server closes the consumers' connections, whose close
      * callbacks free the consumers. */
     if (w->http)
@@ -2163,8 +2278,13 @@ void sc_http_free(sc_http *h)
 
     if (h == NULL)
         return;
-    if (h->o.events)
+    if (h->o.events) {
         sc_events_set_listener(h->o.events, NULL, NULL);
+        /* Resolves every publish waiting for an fsync now, while the
+         * loops run (normally done already by the caller): none may call
+         * back after the loops are gone. */
+        sc_events_shutdown(h->o.events);
+    }
     for (i = 0; i < h->nworkers; i++)
         if (h->w[i].started)
             event_base_loopexit(h->w[i].base, NULL);

@@ -54,7 +54,8 @@ int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err);
 int sc_http_port(const sc_http *h);
 
 /* Stop every loop, join the threads, free.  Streams still running are cut.
- * NULL is a no-op. */
+ * Shuts the event ports' logs down first (sc_events_shutdown), so that
+ * publishes waiting for an fsync are answered 503.  NULL is a no-op. */
 void sc_http_free(sc_http *h);
 
 #endif

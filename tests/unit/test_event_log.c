@@ -2,7 +2,8 @@
  * test_event_log.c — the event ports' storage (sidecar/event_log.h): round
  * trips across segment rolls, offsets after reopen, retention by size and
  * age, torn and corrupt tails cut at open, SIGKILL during a publish burst,
- * concurrent appenders with a waiting reader, group-commit acknowledgement.
+ * concurrent appenders with a waiting reader, group-commit acknowledgement,
+ * asynchronous appends (callbacks after the fsync, cancelled at shutdown).
  */
 #include "sidecar/event_log.h"
 #include "tests/support/testenv.h"
@@ -910,6 +911,119 @@ static void test_waiter_woken_by_append(void)
     sc_event_log_free(log);
 }
 
+/* ---- asynchronous appends ---- */
+
+typedef struct async_done {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned calls, ok, cancelled;
+    uint64_t firsts[256];
+} async_done;
+
+static void async_cb(void *ctx, int rc, uint64_t first, const polis_error *err)
+{
+    async_done *d = ctx;
+
+    (void)err;
+    pthread_mutex_lock(&d->mu);
+    if (rc == 0 && d->ok < 256)
+        d->firsts[d->ok++] = first;
+    if (rc == POLIS_ECANCELED)
+        d->cancelled++;
+    d->calls++;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void test_async_batch_shares_fsyncs(void)
+{
+    fsync_probe probe = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    async_done d = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                    .cv = PTHREAD_COND_INITIALIZER};
+    sc_event_log_options o = {.dir = fresh_dir("async"),
+                              .fsync = SC_EVENT_FSYNC_BATCH,
+                              .batch_interval_ms = 50,
+                              .on_fsync = probe_hook,
+                              .on_fsync_ctx = &probe};
+    sc_event_log *log = open_opts(&o);
+    polis_error err = {0};
+    collected c = {0};
+    char text[32];
+
+    /* One thread, 100 appends, none waits: they ride on few fsyncs, and
+     * each is told its offsets once they are durable. */
+    for (int i = 0; i < 100; i++) {
+        sc_event ev = {text, 0};
+        uint64_t first = 0;
+        bool pending = false;
+
+        ev.len = (size_t)snprintf(text, sizeof(text), "ev-%d", i);
+        CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, async_cb, &d,
+                                                  &first, &pending, &err),
+                        0);
+        CU_ASSERT(pending);
+        CU_ASSERT_EQUAL(first, (uint64_t)i);
+    }
+    pthread_mutex_lock(&d.mu);
+    while (d.calls < 100) {
+        struct timespec at;
+        clock_gettime(CLOCK_REALTIME, &at);
+        at.tv_sec += 10;
+        if (pthread_cond_timedwait(&d.cv, &d.mu, &at) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&d.mu);
+    CU_ASSERT_EQUAL(d.calls, 100);
+    CU_ASSERT_EQUAL(d.ok, 100);
+    for (unsigned i = 0; i < d.ok; i++)
+        CU_ASSERT_EQUAL(d.firsts[i], i); /* in append order */
+    CU_ASSERT(probe.calls >= 1 && probe.calls < 20);
+    printf("\n    100 asynchronous appends from one thread, %u fsyncs\n",
+           probe.calls);
+    CU_ASSERT_EQUAL(read_all(log, 0, &c), 0);
+    CU_ASSERT_EQUAL(c.n, 100);
+
+    /* Still waiting for its fsync at shutdown: cancelled, exactly once. */
+    {
+        sc_event ev = {"late", 4};
+        bool pending = false;
+        CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, async_cb, &d,
+                                                  NULL, &pending, &err),
+                        0);
+        sc_event_log_shutdown(log);
+        CU_ASSERT_EQUAL(d.calls, pending ? 101u : 100u);
+        sc_event_log_shutdown(log);
+        sc_event_log_free(log);
+        CU_ASSERT_EQUAL(d.calls, pending ? 101u : 100u);
+        CU_ASSERT(!pending || d.cancelled + d.ok == 101);
+    }
+    for (size_t i = 0; i < c.n; i++)
+        free(c.data[i]);
+}
+
+static void test_async_always_is_durable_on_return(void)
+{
+    fsync_probe probe = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    async_done d = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                    .cv = PTHREAD_COND_INITIALIZER};
+    sc_event_log_options o = {.dir = fresh_dir("async-always"),
+                              .fsync = SC_EVENT_FSYNC_ALWAYS,
+                              .on_fsync = probe_hook,
+                              .on_fsync_ctx = &probe};
+    sc_event_log *log = open_opts(&o);
+    sc_event ev = {"x", 1};
+    polis_error err = {0};
+    bool pending = true;
+
+    CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, async_cb, &d, NULL,
+                                              &pending, &err),
+                    0);
+    CU_ASSERT(!pending);
+    CU_ASSERT_EQUAL(probe.calls, 1);
+    CU_ASSERT_EQUAL(d.calls, 0); /* no callback: the call was the ack */
+    sc_event_log_free(log);
+}
+
 static const test_case event_log_cases[] = {
     {"round_trip_across_rolls", test_round_trip_across_rolls},
     {"offsets_continue_after_reopen", test_offsets_continue_after_reopen},
@@ -931,6 +1045,9 @@ static const test_case event_log_cases[] = {
     {"always_acks_after_fsync", test_always_acks_after_fsync},
     {"bounds_and_errors", test_bounds_and_errors},
     {"waiter_woken_by_append", test_waiter_woken_by_append},
+    {"async_batch_shares_fsyncs", test_async_batch_shares_fsyncs},
+    {"async_always_is_durable_on_return",
+     test_async_always_is_durable_on_return},
     {NULL, NULL},
 };
 
