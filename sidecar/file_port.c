@@ -412,6 +412,9 @@ typedef struct fp_scol {
     int file_col; /* CSV: index in the header, -1 absent */
 } fp_scol;
 
+/* Output buffer of a records reader. */
+#define FP_RECORDS_OUT_SIZE 4096
+
 /* Filter column ids (the engine's) to schema indexes. */
 #define FP_ID_CACHE 32
 
@@ -430,7 +433,7 @@ struct fp_reader {
     polis_error failure;
 
     char *out;
-    size_t out_len, rec_mark;
+    size_t out_cap, out_len, rec_mark;
     char *scratch; /* mask output, dumps; grows on demand, bounded */
     size_t scratch_cap;
     char *unesc; /* unescaped CSV fields of one record (max_record) */
@@ -555,7 +558,7 @@ static int out_put_slow(fp_reader *r, const void *d, size_t n, polis_error *err)
 
     if ((rc = out_flush(r, err)) != 0)
         return rc;
-    if (n > FP_OUT_CHUNK_SIZE) {
+    if (n > r->out_cap) {
         rc = r->sink(r->sink_ctx, d, n);
         if (rc != 0)
             return polis_error_set(err, rc < 0 ? rc : POLIS_EIO, "sink",
@@ -571,7 +574,7 @@ static int out_put_slow(fp_reader *r, const void *d, size_t n, polis_error *err)
 static inline int out_put(fp_reader *r, const void *d, size_t n,
                           polis_error *err)
 {
-    if (n <= FP_OUT_CHUNK_SIZE - r->out_len) {
+    if (n <= r->out_cap - r->out_len) {
         memcpy(r->out + r->out_len, d, n);
         r->out_len += n;
         return 0;
@@ -581,7 +584,7 @@ static inline int out_put(fp_reader *r, const void *d, size_t n,
 
 static inline int out_byte(fp_reader *r, char c, polis_error *err)
 {
-    if (r->out_len < FP_OUT_CHUNK_SIZE) {
+    if (r->out_len < r->out_cap) {
         r->out[r->out_len++] = c;
         return 0;
     }
@@ -1362,7 +1365,11 @@ static int reader_new(int fd, bool records, const fp_options *opts,
     r->line = 1;
     /* A records reader is handed its input: no input buffer. */
     r->in = records ? NULL : malloc(r->in_cap + 1);
-    r->out = malloc(FP_OUT_CHUNK_SIZE);
+    /* A records reader serves one event at a time to one of possibly
+     * thousands of consumers: a small output buffer (a larger record goes
+     * to the sink in pieces). */
+    r->out_cap = records ? FP_RECORDS_OUT_SIZE : FP_OUT_CHUNK_SIZE;
+    r->out = malloc(r->out_cap);
     r->scols = calloc(opts->nschema + 1, sizeof *r->scols);
     if (opts->format == FP_FORMAT_CSV) {
         r->unesc = malloc(r->max_record + 1);

@@ -162,7 +162,7 @@ int fp_reader_step(fp_reader *r, bool *done, polis_error *err);
  * A reader of JSON objects handed to it one at a time (an event port's
  * events) instead of read from a file: opts->format must be
  * FP_FORMAT_JSONL.  Same options, decision checks and errors as
- * fp_reader_new.  Its memory is about 64 KiB plus the mask buffer.
+ * fp_reader_new.  Its memory is about 4 KiB plus the mask buffer.
  */
 int fp_reader_new_records(const fp_options *opts, fp_sink_fn sink,
                           void *sink_ctx, fp_reader **out, polis_error *err);

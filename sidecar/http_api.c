@@ -29,6 +29,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,7 @@ struct sc_http {
     int port;
     int nworkers;
     worker *w;
+    atomic_int consumers; /* event streams open, all loops */
 };
 
 /* ======================= replies ======================================== */
@@ -1380,6 +1382,7 @@ static void consumer_unlink(consumer *c)
 
 static void consumer_free(consumer *c)
 {
+    atomic_fetch_sub(&c->p->h->consumers, 1);
     consumer_unlink(c);
     record(c->p, "allow", 200, c->sent, c->bytes);
     sc_event_view_free(c->view);
@@ -1653,6 +1656,15 @@ static bool handle_subscribe(preq *p)
     uint64_t from;
     int rc;
 
+    if (atomic_load(&p->h->consumers) >= p->h->o.max_consumers) {
+        snprintf(text, sizeof(text),
+                 "this sidecar serves at most %d event streams at once "
+                 "(--event-max-consumers); retry later",
+                 p->h->o.max_consumers);
+        evhttp_add_header(hdr, "Retry-After", "5");
+        fail(p, 503, "unavailable", text);
+        return false;
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL || (c->out = evbuffer_new()) == NULL) {
         free(c);
@@ -1701,6 +1713,7 @@ static bool handle_subscribe(preq *p)
     }
     set_timeouts(p->evcon, 0, (p->h->o.write_timeout_ms + 999) / 1000);
     evhttp_connection_set_closecb(p->evcon, consumer_closed, c);
+    atomic_fetch_add(&p->h->consumers, 1);
     c->next_c = p->w->consumers;
     if (c->next_c)
         c->next_c->prev = c;
@@ -2214,6 +2227,8 @@ int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err)
         h->o.write_timeout_ms = 30000;
     if (h->o.proxy_timeout_ms <= 0)
         h->o.proxy_timeout_ms = 30000;
+    if (h->o.max_consumers <= 0)
+        h->o.max_consumers = 10000;
     h->nworkers = opts->workers > 0 ? opts->workers : 4;
     if (h->nworkers > SC_HTTP_MAX_WORKERS)
         h->nworkers = SC_HTTP_MAX_WORKERS;

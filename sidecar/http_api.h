@@ -40,6 +40,8 @@ typedef struct sc_http_options {
                                504; 0: 30000 */
     sc_events *events;      /* event ports' logs; NULL: event ports answer
                                503 */
+    int max_consumers;      /* event streams open at once, beyond: 503;
+                               0: 10000 */
 } sc_http_options;
 
 /*

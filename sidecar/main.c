@@ -50,6 +50,7 @@ typedef struct sc_config {
     int event_retention_mb;
     int event_fsync_interval_ms;
     int mqtt_reconnect_max_ms;
+    int event_max_consumers;
     int shutdown_grace_ms;
     char log_level[16];
     char log_format[16];
@@ -106,6 +107,10 @@ static const config_option sc_options[] = {
         10000,
         "event ports with fsync batch: at most one fsync per interval (0: "
         "as soon as events wait; more: fewer fsyncs, slower acks)"),
+    OPT("event-max-consumers", CONFIG_INT, event_max_consumers, "10000", 1,
+        1000000,
+        "event streams (SSE subscribers) served at once; more: 503 "
+        "(each costs ~10 KiB and a descriptor)"),
     OPT("mqtt-reconnect-max-ms", CONFIG_INT, mqtt_reconnect_max_ms, "10000",
         100, 600000,
         "event ports' MQTT bridges: the longest wait between reconnects "
@@ -282,6 +287,7 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     ho.write_timeout_ms = rt->conf.write_timeout_ms;
     ho.proxy_timeout_ms = rt->conf.proxy_timeout_ms;
     ho.events = rt->events;
+    ho.max_consumers = rt->conf.event_max_consumers;
     if ((rc = sc_http_start(&ho, &rt->http, err))) {
         polis_error_prefix_where(err, "--listen");
         return rc;

@@ -351,6 +351,8 @@ static int suite_init(void)
     static const char *const cp_args[] = {"--debounce-ms", "20", NULL};
     cpenv_options o = {.extra_args = cp_args};
     sidecarenv_options so = {.domain = "sales", .id = "sales-events-1"};
+    /* No case needs more than three streams at once. */
+    static const char *const sc_args[] = {"--event-max-consumers", "3", NULL};
     int64_t rev;
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -370,6 +372,7 @@ static int suite_init(void)
         (rev = gc_apply(gov, policy_doc)) < 0)
         goto fail;
     so.controlplane = cp->grpc_target;
+    so.extra_args = sc_args;
     so.wait_ready = true;
     sc = sidecarenv_start(&so);
     if (sc == NULL || wait_revision(rev) != 0)
@@ -855,6 +858,32 @@ static void test_kill9_mid_burst(void)
     CU_ASSERT(publish_orders(5000, 2) >= 0);
 }
 
+/* Streams are bounded: one more is a 503 with Retry-After, and a stream
+ * that ends frees its place. */
+static void test_consumer_bound(void)
+{
+    sse *s[3], *extra = NULL;
+    int64_t until;
+
+    for (int i = 0; i < 3; i++) {
+        s[i] = sse_open(ORDERS, AUDRA, NULL, 0);
+        CU_ASSERT_FATAL(s[i] && s[i]->status == 200);
+    }
+    expect(NULL, ORDERS, AUDRA, NULL, NULL, 503, "at most 3 event streams");
+    sse_close(s[0]);
+    /* The sidecar notices the hang-up when it reads EOF. */
+    until = mono_ms() + 5000;
+    do {
+        sse_close(extra);
+        usleep(20 * 1000);
+        extra = sse_open(ORDERS, AUDRA, NULL, 0);
+    } while (extra && extra->status == 503 && mono_ms() < until);
+    CU_ASSERT(extra && extra->status == 200);
+    sse_close(extra);
+    sse_close(s[1]);
+    sse_close(s[2]);
+}
+
 /* SIGTERM with consumers connected: a clean exit (status 0; under the
  * sanitizers, no leak and no error either). */
 static void test_clean_stop(void)
@@ -882,6 +911,7 @@ static const test_case cases[] = {
     {"policy change applies to the next event", test_policy_change},
     {"slow consumer", test_slow_consumer},
     {"kill -9 mid publish burst", test_kill9_mid_burst},
+    {"at most --event-max-consumers streams", test_consumer_bound},
     {"clean stop with consumers connected", test_clean_stop},
     {NULL, NULL},
 };
