@@ -7,7 +7,9 @@
 #include "sidecar/principals.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,6 +249,25 @@ const json_t *sc_principals_by_name(const sc_principals *p, const char *name)
     return NULL;
 }
 
+/* SHA256() looks the algorithm up on every call (OpenSSL 3's EVP_Q_digest):
+ * a cost on every authenticated request.  It is fetched once. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+static void token_digest(const char *token, size_t len,
+                         unsigned char out[SHA256_DIGEST_LENGTH])
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    if (sha256_md == NULL ||
+        EVP_Digest(token, len, out, NULL, sha256_md, NULL) != 1)
+        SHA256((const unsigned char *)token, len, out);
+}
+
 const char *sc_principals_by_token(const sc_principals *p, const char *token,
                                    size_t len, const json_t **doc)
 {
@@ -257,7 +278,7 @@ const char *sc_principals_by_token(const sc_principals *p, const char *token,
         *doc = NULL;
     if (p == NULL || token == NULL || len == 0)
         return NULL;
-    SHA256((const unsigned char *)token, len, digest);
+    token_digest(token, len, digest);
     for (i = digest_hash(digest) & p->tokens_mask; p->tokens[i].name;
          i = (i + 1) & p->tokens_mask) {
         if (CRYPTO_memcmp(p->tokens[i].digest, digest, sizeof(digest)) == 0) {
