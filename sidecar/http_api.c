@@ -1361,6 +1361,7 @@ typedef struct consumer {
     uint64_t next;  /* offset of the next event to read */
     uint64_t sent;  /* events delivered */
     uint64_t bytes; /* bytes handed to the connection */
+    char principal[POL_MAX_NAME + 1]; /* for the access record */
     struct evbuffer *out;
     bool inflight; /* a batch is being written */
     bool ended;
@@ -1701,6 +1702,14 @@ static bool handle_subscribe(preq *p)
         goto refused;
     }
     c->next = from;
+    /* A stream may live for days: it keeps only its view (which follows
+     * the snapshot in force), not the snapshot it was admitted with. */
+    snprintf(c->principal, sizeof(c->principal), "%s", p->principal);
+    p->principal = c->principal;
+    pol_decision_free(p->decision);
+    p->decision = NULL;
+    sc_snapshot_unref(p->snap);
+    p->snap = NULL;
     evhttp_add_header(hdr, "Content-Type", "text/event-stream");
     evhttp_add_header(hdr, "Cache-Control", "no-store");
     evhttp_add_header(hdr, "X-Accel-Buffering", "no");
