@@ -35,6 +35,7 @@ struct sc_events {
     pthread_cond_t cv; /* wakes the retention thread to stop */
     pthread_t retainer;
     bool retainer_started;
+    metric_series *m_fsyncs;
     pthread_mutex_t lmu; /* the on_visible listener */
     void (*listener)(void *ctx);
     void *listener_ctx;
@@ -56,6 +57,14 @@ static void log_visible(void *ctx, uint64_t next)
     pthread_mutex_unlock(&ev->lmu);
     if (fn)
         fn(fn_ctx);
+}
+
+static void log_fsynced(void *ctx, uint64_t durable_next)
+{
+    sc_events *ev = ctx;
+
+    (void)durable_next;
+    metric_add(ev->m_fsyncs, 1);
 }
 
 void sc_events_set_listener(sc_events *ev, void (*fn)(void *ctx), void *ctx)
@@ -112,6 +121,12 @@ int sc_events_new(const sc_events_options *o, sc_events **out, polis_error *err)
         ev->o.retention_ms = SC_EVENTS_DEFAULT_RETENTION_MS;
     if (ev->o.retain_interval_ms <= 0)
         ev->o.retain_interval_ms = 60000;
+    if (o->metrics)
+        ev->m_fsyncs = metrics_counter(
+            o->metrics, "polis_sidecar_event_fsyncs_total",
+            "fsyncs of the event ports' logs (one covers every publish "
+            "waiting for it)",
+            NULL);
     pthread_mutex_init(&ev->mu, NULL);
     pthread_mutex_init(&ev->lmu, NULL);
     pthread_cond_init(&ev->cv, NULL);
@@ -247,6 +262,10 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
         lo.segment_bytes = 64 * 1024 * 1024;
     lo.on_visible = log_visible;
     lo.on_visible_ctx = ev;
+    if (ev->m_fsyncs) {
+        lo.on_fsync = log_fsynced;
+        lo.on_fsync_ctx = ev;
+    }
     rc = sc_event_log_open(&lo, log, err);
     if (rc == 0) {
         snprintf(ev->logs[ev->nlogs].key, sizeof(key), "%s", key);

@@ -11,6 +11,7 @@
 #define POLIS_SC_EVENT_PORT_H
 
 #include "common/error.h"
+#include "common/metrics.h"
 #include "policy/api/check.h"
 #include "sidecar/event_log.h"
 #include "sidecar/file_port.h"
@@ -42,6 +43,8 @@ typedef struct sc_events_options {
      * new readable events; the hook to wake the consumers.  May be NULL. */
     void (*on_visible)(void *ctx);
     void *on_visible_ctx;
+    metrics *metrics; /* borrowed, may be NULL: gets
+                         polis_sidecar_event_fsyncs_total */
 } sc_events_options;
 
 /* Start the port set (no log is opened yet) and its retention thread. */

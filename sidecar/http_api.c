@@ -73,6 +73,7 @@ struct sc_http {
     int nworkers;
     worker *w;
     atomic_int consumers; /* event streams open, all loops */
+    metric_series *m_published, *m_delivered, *m_streams;
 };
 
 /* ======================= replies ======================================== */
@@ -1358,9 +1359,9 @@ typedef struct consumer {
     preq *p;
     sc_event_log *log;
     sc_event_view *view;
-    uint64_t next;  /* offset of the next event to read */
-    uint64_t sent;  /* events delivered */
-    uint64_t bytes; /* bytes handed to the connection */
+    uint64_t next;                    /* offset of the next event to read */
+    uint64_t sent;                    /* events delivered */
+    uint64_t bytes;                   /* bytes handed to the connection */
     char principal[POL_MAX_NAME + 1]; /* for the access record */
     struct evbuffer *out;
     bool inflight; /* a batch is being written */
@@ -1384,6 +1385,7 @@ static void consumer_unlink(consumer *c)
 static void consumer_free(consumer *c)
 {
     atomic_fetch_sub(&c->p->h->consumers, 1);
+    metric_gauge_add(c->p->h->m_streams, -1);
     consumer_unlink(c);
     record(c->p, "allow", 200, c->sent, c->bytes);
     sc_event_view_free(c->view);
@@ -1462,6 +1464,7 @@ static int sse_record(void *ctx, const sc_event_record *rec)
     evbuffer_add(c->out, json, len);
     evbuffer_add(c->out, "\n\n", 2);
     c->sent++;
+    metric_add(c->p->h->m_delivered, 1);
     return 0;
 }
 
@@ -1723,6 +1726,7 @@ static bool handle_subscribe(preq *p)
     set_timeouts(p->evcon, 0, (p->h->o.write_timeout_ms + 999) / 1000);
     evhttp_connection_set_closecb(p->evcon, consumer_closed, c);
     atomic_fetch_add(&p->h->consumers, 1);
+    metric_gauge_add(p->h->m_streams, 1);
     c->next_c = p->w->consumers;
     if (c->next_c)
         c->next_c->prev = c;
@@ -1793,6 +1797,7 @@ static void publish_answer(preq *p, int rc, uint64_t first, size_t count,
                          (json_int_t)first, "count", (json_int_t)count, "next",
                          (json_int_t)(first + count)));
     record(p, "allow", 200, count, len);
+    metric_add(p->h->m_published, count);
 }
 
 /* On the loop: the fsync came (or failed). */
@@ -2238,6 +2243,18 @@ int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err)
         h->o.proxy_timeout_ms = 30000;
     if (h->o.max_consumers <= 0)
         h->o.max_consumers = 10000;
+    if (opts->metrics) {
+        h->m_published = metrics_counter(
+            opts->metrics, "polis_sidecar_events_published_total",
+            "events acknowledged to publishers on the event ports", NULL);
+        h->m_delivered = metrics_counter(
+            opts->metrics, "polis_sidecar_events_delivered_total",
+            "events sent to event stream consumers (after their filters)",
+            NULL);
+        h->m_streams =
+            metrics_gauge(opts->metrics, "polis_sidecar_event_streams",
+                          "event streams (SSE subscribers) open", NULL);
+    }
     h->nworkers = opts->workers > 0 ? opts->workers : 4;
     if (h->nworkers > SC_HTTP_MAX_WORKERS)
         h->nworkers = SC_HTTP_MAX_WORKERS;

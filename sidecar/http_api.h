@@ -10,6 +10,7 @@
 #define POLIS_SC_HTTP_API_H
 
 #include "common/error.h"
+#include "common/metrics.h"
 #include "sidecar/access_log.h"
 #include "sidecar/checker.h"
 #include "sidecar/event_port.h"
@@ -42,6 +43,8 @@ typedef struct sc_http_options {
                                503 */
     int max_consumers;      /* event streams open at once, beyond: 503;
                                0: 10000 */
+    metrics *metrics;       /* borrowed, may be NULL: event port series
+                               (docs/sidecar.md, metrics) */
 } sc_http_options;
 
 /*

@@ -259,6 +259,7 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     eo.retention_bytes = (uint64_t)rt->conf.event_retention_mb * 1024 * 1024;
     eo.retention_ms = (int64_t)rt->conf.event_retention_hours * 3600 * 1000;
     eo.batch_interval_ms = (unsigned)rt->conf.event_fsync_interval_ms;
+    eo.metrics = rt->m;
     if ((rc = sc_events_new(&eo, &rt->events, err)))
         return rc;
     if ((rc = sc_subscriber_new(&so, rt->slot, rt->m, &rt->sub, err)))
@@ -288,6 +289,7 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     ho.proxy_timeout_ms = rt->conf.proxy_timeout_ms;
     ho.events = rt->events;
     ho.max_consumers = rt->conf.event_max_consumers;
+    ho.metrics = rt->m;
     if ((rc = sc_http_start(&ho, &rt->http, err))) {
         polis_error_prefix_where(err, "--listen");
         return rc;

@@ -512,6 +512,27 @@ static void test_two_consumers(void)
     /* Nothing more for anybody. */
     CU_ASSERT_EQUAL(sse_next(alice, 300, &extra), 0);
     CU_ASSERT_EQUAL(sse_next(bob, 300, &extra), 0);
+    /* What /metrics says of it. */
+    {
+        double streams = -1, published = -1, delivered = -1, fsyncs = -1;
+        CU_ASSERT_EQUAL(
+            sidecarenv_metric(sc, "polis_sidecar_event_streams", &streams), 0);
+        CU_ASSERT_EQUAL(
+            sidecarenv_metric(sc, "polis_sidecar_events_published_total",
+                              &published),
+            0);
+        CU_ASSERT_EQUAL(
+            sidecarenv_metric(sc, "polis_sidecar_events_delivered_total",
+                              &delivered),
+            0);
+        CU_ASSERT_EQUAL(
+            sidecarenv_metric(sc, "polis_sidecar_event_fsyncs_total", &fsyncs),
+            0);
+        CU_ASSERT_EQUAL(streams, 3);
+        CU_ASSERT(published >= 9);  /* 1 earlier + these 8 */
+        CU_ASSERT(delivered >= 16); /* 8 + 4 + 4 */
+        CU_ASSERT(fsyncs >= 1);
+    }
     sse_close(alice);
     sse_close(bob);
     sse_close(audra);
