@@ -25,6 +25,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 #include <event2/thread.h>
+#include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -1511,8 +1512,24 @@ static void consumer_pump(consumer *c)
 
     if (c->inflight || c->ended || consumer_follow(c) != 0)
         return;
-    rc = sc_event_log_read(c->log, c->next, 256, 128 * 1024, sse_record, &b,
-                           &next, &b.err);
+    /* Events the consumer's filters leave out produce nothing: read on
+     * (a bounded number of batches per turn, then yield the loop) until
+     * something is to be sent or the log is exhausted. */
+    for (int turn = 0;; turn++) {
+        uint64_t from = c->next;
+
+        rc = sc_event_log_read(c->log, c->next, 256, 128 * 1024, sse_record, &b,
+                               &next, &b.err);
+        if (rc != 0 || next == from)
+            break;
+        c->next = next;
+        if (evbuffer_get_length(c->out) > 0)
+            break;
+        if (turn == 16) {
+            event_active(c->p->w->wake, 0, 0);
+            break;
+        }
+    }
     if (rc != 0) {
         sc_event_log_stats st;
         sc_event_log_stats_get(c->log, &st);
@@ -1525,7 +1542,6 @@ static void consumer_pump(consumer *c)
                                (json_int_t)c->next));
         return;
     }
-    c->next = next;
     if (evbuffer_get_length(c->out) == 0)
         return; /* nothing for this consumer yet: wait for a wake */
     c->inflight = true;
@@ -1607,7 +1623,7 @@ static int subscribe_from(preq *p, const sc_event_log_stats *st, uint64_t *from)
         unsigned long long n;
         errno = 0;
         n = strtoull(last, &end, 10);
-        if (errno || *end || *last == '-') {
+        if (errno || *end || *last == '-' || n == ULLONG_MAX) {
             fail(p, 400, "bad request", "Last-Event-ID: not an event offset");
             rc = -1;
         } else {

@@ -538,6 +538,34 @@ static void test_two_consumers(void)
     sse_close(audra);
 }
 
+/* A long run of events a consumer's filters leave out does not hold back
+ * the next one it may see. */
+static void test_filtered_run(void)
+{
+    sse *alice = sse_open(ORDERS, ALICE, NULL, 0);
+    size_t cap = 700 * 160, len = 0;
+    char *body = malloc(cap);
+    sse_event ev;
+
+    CU_ASSERT_FATAL(alice && alice->status == 200 && body);
+    len += (size_t)snprintf(body, cap, "[");
+    for (int i = 0; i < 600; i++) { /* US: not alice's */
+        char *o = order(7000 + i, "US", 1);
+        len += (size_t)snprintf(body + len, cap - len, "%s%s", i ? "," : "", o);
+        free(o);
+    }
+    {
+        char *o = order(7600, "EU", 1);
+        snprintf(body + len, cap - len, ",%s]", o);
+        free(o);
+    }
+    CU_ASSERT_EQUAL(post(ORDERS, SERVICE, body, NULL), 200);
+    CU_ASSERT_EQUAL(sse_next(alice, 5000, &ev), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(ev.data, "\"order_id\":7600"));
+    free(body);
+    sse_close(alice);
+}
+
 static void test_resume(void)
 {
     sse_event evs[30], rest[30], extra;
@@ -928,6 +956,7 @@ static void test_clean_stop(void)
 static const test_case cases[] = {
     {"publish refusals", test_publish_refusals},
     {"two consumers, two views", test_two_consumers},
+    {"a long filtered run", test_filtered_run},
     {"resume from an offset", test_resume},
     {"policy change applies to the next event", test_policy_change},
     {"slow consumer", test_slow_consumer},
