@@ -363,8 +363,14 @@ static int check_event(const json_t *obj, size_t idx, bool single,
                                "an event is a JSON object");
     if (json_object_size(obj) == 0)
         return polis_error_set(err, POLIS_EINVAL, where, "an empty event");
+    if (json_object_size(obj) > nschema)
+        return polis_error_set(err, POLIS_EINVAL, where,
+                               "%zu keys, and the schema has %zu columns",
+                               json_object_size(obj), nschema);
     json_object_foreach((json_t *)obj, key, v)
     {
+        const json_t *other;
+        const char *okey;
         size_t c;
         for (c = 0; c < nschema; c++)
             if (strcasecmp(schema[c].name, key) == 0)
@@ -373,6 +379,16 @@ static int check_event(const json_t *obj, size_t idx, bool single,
             return polis_error_set(
                 err, POLIS_EINVAL, where,
                 "\"%.64s\" is not a column of the product's schema", key);
+        /* Column names are case-insensitive: "Amount" and "amount" would
+         * be one column twice. */
+        json_object_foreach((json_t *)obj, okey, other)
+        {
+            if (okey != key && strcasecmp(okey, key) == 0)
+                return polis_error_set(err, POLIS_EINVAL, where,
+                                       "\"%.64s\" and \"%.64s\" name the "
+                                       "same column",
+                                       key, okey);
+        }
         if (!json_is_null(v) && !value_fits(v, schema[c].type))
             return polis_error_set(err, POLIS_EINVAL, where,
                                    "%s: expected %s or null", schema[c].name,

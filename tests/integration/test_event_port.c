@@ -429,6 +429,8 @@ static void test_publish_refusals(void)
            NULL, 400, "events[1]: order_id: expected an integer");
     expect(NULL, ORDERS, SERVICE, "[{\"order_id\":1},7]", NULL, 400,
            "events[1]: an event is a JSON object");
+    expect(NULL, ORDERS, SERVICE, "{\"amount\":1,\"Amount\":2}", NULL, 400,
+           "name the same column");
     expect("PUT", ORDERS, SERVICE, o, NULL, 405, "POST (publish)");
     expect(NULL, "/v1/products/sales/nothing/events", SERVICE, o, NULL, 404,
            "no data product");
