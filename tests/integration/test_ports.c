@@ -8,14 +8,13 @@
  * query not holding up other requests.
  */
 #include "common/rpc.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -206,47 +205,6 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* ---- fixture ----------------------------------------------------------- */
 
-static int64_t apply1(const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev;
-
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rev;
-}
-
-static int apply_principal(const char *name, const char *group,
-                           const char *region, const char *token)
-{
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[65], doc[1024];
-
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    snprintf(doc, sizeof(doc),
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\",\"metadata\":"
-             "{\"name\":\"%s\"},\"spec\":{\"groups\":[\"%s\"],\"attributes\":"
-             "{\"region\":\"%s\"},\"credentials\":{\"tokenSha256\":[\"%s\"]}}"
-             "}",
-             name, group, region, hex);
-    return apply1(doc) > 0 ? 0 : -1;
-}
-
 static int write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -402,14 +360,16 @@ static int suite_init(void)
     cp = cpenv_start(&o);
     if (cp == NULL || (gov = cpenv_channel(cp)) == NULL)
         goto fail;
-    if (apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
-               "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
-               "}}") < 0 ||
-        apply1(product_doc) < 0 || apply1(noport_doc) < 0 ||
-        apply_principal("alice", "analysts", "EU", ALICE) ||
-        apply_principal("bob", "analysts", "US", BOB) ||
-        apply_principal("eve", "contractors", "EU", EVE) ||
-        apply1(policy_doc) < 0)
+    if (gc_apply(
+            gov,
+            "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
+            "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
+            "}}") < 0 ||
+        gc_apply(gov, product_doc) < 0 || gc_apply(gov, noport_doc) < 0 ||
+        gc_apply_principal(gov, "alice", "analysts", "EU", ALICE) <= 0 ||
+        gc_apply_principal(gov, "bob", "analysts", "US", BOB) <= 0 ||
+        gc_apply_principal(gov, "eve", "contractors", "EU", EVE) <= 0 ||
+        gc_apply(gov, policy_doc) < 0)
         goto fail;
     sc_args[1] = root;
     so.controlplane = cp->grpc_target;

@@ -6,15 +6,14 @@
  * to the file port's, writes refused, PostgreSQL's own error messages.
  */
 #include "common/rpc.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/pgenv.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
-#include <openssl/sha.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,60 +43,20 @@ static const char *const rows[][5] = {
 
 /* ---- HTTP client ------------------------------------------------------- */
 
-typedef struct body {
-    char *data;
-    size_t len;
-} body;
-
-static size_t on_data(char *p, size_t size, size_t n, void *ud)
-{
-    body *b = ud;
-    size_t len = size * n;
-    char *d;
-
-    if (b->len + len > 4 * 1024 * 1024)
-        return 0;
-    d = realloc(b->data, b->len + len + 1);
-    if (d == NULL)
-        return 0;
-    b->data = d;
-    memcpy(b->data + b->len, p, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return len;
-}
-
-/* `post` NULL: GET.  The status (-1: no answer); *b the body. */
+/* `post` NULL: GET.  The status (-1: no answer); *r the answer. */
 static long http(const char *path, const char *token, const char *accept,
-                 const char *post, body *b)
+                 const char *post, gc_response *r)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdr = NULL;
     char url[1024], line[256];
-    long status = -1;
+    const char *hdr[3] = {"Polis-Purpose: analytics", NULL, NULL};
 
     snprintf(url, sizeof(url), "%s%s", sc->http_url, path);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
-    snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
-    hdr = curl_slist_append(hdr, line);
     if (accept) {
         snprintf(line, sizeof(line), "Accept: %s", accept);
-        hdr = curl_slist_append(hdr, line);
+        hdr[0] = line;
+        hdr[1] = "Polis-Purpose: analytics";
     }
-    hdr = curl_slist_append(hdr, "Polis-Purpose: analytics");
-    if (post) {
-        hdr = curl_slist_append(hdr, "Content-Type: application/json");
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, post);
-    }
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    if (curl_easy_perform(h) == CURLE_OK)
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(h);
-    return status;
+    return gc_http(NULL, url, token, post, hdr, 30000, r);
 }
 
 /* POST the query; the status, *out the JSON answer (caller decrefs), or
@@ -107,20 +66,20 @@ static long query_as(const char *token, const char *sql, const char *accept,
 {
     json_t *j = json_pack("{s:s}", "sql", sql);
     char *post = json_dumps(j, JSON_COMPACT);
-    body b = {0};
+    gc_response b = {0};
     long st = http("/v1/products/sales/orders/query", token, accept, post, &b);
 
     free(post);
     json_decref(j);
     if (text) {
-        *text = b.data;
+        *text = b.body;
         return st;
     }
-    *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    *out = gc_response_json(&b);
     if (*out == NULL)
         fprintf(stderr, "\nquery -> %ld, not JSON: %.300s\n", st,
-                b.data ? b.data : "(empty)");
-    free(b.data);
+                b.body ? b.body : "(empty)");
+    gc_response_free(&b);
     return st;
 }
 
@@ -145,47 +104,6 @@ static const char *jstr(const json_t *o, const char *k)
 }
 
 /* ---- fixture ----------------------------------------------------------- */
-
-static int64_t apply1(const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev;
-
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rev;
-}
-
-static int apply_principal(const char *name, const char *region,
-                           const char *token)
-{
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[65], doc[1024];
-
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    snprintf(doc, sizeof(doc),
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\",\"metadata\":"
-             "{\"name\":\"%s\"},\"spec\":{\"groups\":[\"analysts\"],"
-             "\"attributes\":{\"region\":\"%s\"},\"credentials\":"
-             "{\"tokenSha256\":[\"%s\"]}}}",
-             name, region, hex);
-    return apply1(doc) > 0 ? 0 : -1;
-}
 
 /* Roles, schema and request table as docs/internals/query.md says; the
  * product table holds a column the contract does not list. */
@@ -295,7 +213,7 @@ static int apply_bad(const char *name, int port, const char *query_user)
     char doc[1024];
 
     snprintf(doc, sizeof(doc), bad_fmt, name, port, query_user);
-    return apply1(doc) > 0 ? 0 : -1;
+    return gc_apply(gov, doc) > 0 ? 0 : -1;
 }
 
 static int suite_init(void)
@@ -322,11 +240,15 @@ static int suite_init(void)
     if (cp == NULL || (gov = cpenv_channel(cp)) == NULL)
         goto fail;
     snprintf(product, sizeof(product), product_fmt, pgenv_port(pg));
-    if (apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
-               "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
-               "}}") < 0 ||
-        apply1(product) < 0 || apply_principal("alice", "EU", ALICE) ||
-        apply_principal("bob", "US", BOB) || apply1(policy_doc) < 0 ||
+    if (gc_apply(
+            gov,
+            "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
+            "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
+            "}}") < 0 ||
+        gc_apply(gov, product) < 0 ||
+        gc_apply_principal(gov, "alice", "analysts", "EU", ALICE) <= 0 ||
+        gc_apply_principal(gov, "bob", "analysts", "US", BOB) <= 0 ||
+        gc_apply(gov, policy_doc) < 0 ||
         apply_bad("unsafe", pgenv_port(pg), "postgres") ||
         apply_bad("down", testenv_free_port(), "polis_query"))
         goto fail;
@@ -493,7 +415,7 @@ static void test_csv(void)
 static void test_hash_matches_file_port(void)
 {
     json_t *ans = NULL;
-    body b = {0};
+    gc_response b = {0};
     const char *pg_card, *line;
 
     CU_ASSERT_EQUAL_FATAL(
@@ -504,18 +426,18 @@ static void test_hash_matches_file_port(void)
     CU_ASSERT_EQUAL(http("/v1/products/sales/orders/files/orders.csv", ALICE,
                          NULL, NULL, &b),
                     200);
-    line = b.data ? strstr(b.data, "\n3,") : NULL;
+    line = b.body ? strstr(b.body, "\n3,") : NULL;
     CU_ASSERT_PTR_NOT_NULL(line);
     if (line)
         CU_ASSERT_PTR_NOT_NULL(strstr(line, pg_card));
-    free(b.data);
+    gc_response_free(&b);
     json_decref(ans);
 }
 
 static void expect_unavailable(const char *product, const char *needle)
 {
     char path[256];
-    body b = {0};
+    gc_response b = {0};
     json_t *ans;
     long st;
 
@@ -523,7 +445,7 @@ static void expect_unavailable(const char *product, const char *needle)
     st = http(path, ALICE, NULL, "{\"sql\":\"SELECT order_id FROM orders\"}",
               &b);
     CU_ASSERT_EQUAL(st, 503);
-    ans = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    ans = gc_response_json(&b);
     CU_ASSERT_STRING_EQUAL(jstr(ans, "error"), "unavailable");
     if (strstr(jstr(ans, "detail"), needle) == NULL) {
         fprintf(stderr, "\n%s: detail \"%s\" lacks \"%s\"\n", product,
@@ -531,7 +453,7 @@ static void expect_unavailable(const char *product, const char *needle)
         CU_FAIL("detail");
     }
     json_decref(ans);
-    free(b.data);
+    gc_response_free(&b);
 }
 
 static void test_unsafe_or_down_is_503(void)

@@ -8,13 +8,12 @@
  */
 #include "common/rpc.h"
 #include "polis/v1/authorizer.pb-c.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
 #include <jansson.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,29 +190,6 @@ static cpenv *cp;
 static rpc_channel *gov;
 static sidecarenv *sc;
 
-static int64_t apply1(const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev;
-
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rev;
-}
-
 static int mesh_cleanup(void)
 {
     sidecarenv_free(sc);
@@ -265,34 +241,26 @@ static json_t *check_http(const char *who_field, const char *who)
 
 static void test_snapshot_then_apply_changes_answer(void)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[65], principal[600], state[800];
+    char state[800];
     json_t *ans = NULL;
     int64_t rev, start, took = -1;
     double v = -1;
     struct stat stt;
 
-    SHA256((const unsigned char *)ALICE_TOKEN, strlen(ALICE_TOKEN), md);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    snprintf(principal, sizeof(principal),
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\",\"metadata\":"
-             "{\"name\":\"alice\"},\"spec\":{\"groups\":[\"analysts\"],"
-             "\"attributes\":{\"region\":\"EU\"},\"credentials\":{"
-             "\"tokenSha256\":[\"%s\"]}}}",
-             hex);
-    CU_ASSERT_FATAL(apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\","
-                           "\"metadata\":{\"name\":\"sales\"},\"spec\":{"
-                           "\"owners\":[\"sales@example.com\"]}}") > 0);
+    CU_ASSERT_FATAL(gc_apply(gov,
+                             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\","
+                             "\"metadata\":{\"name\":\"sales\"},\"spec\":{"
+                             "\"owners\":[\"sales@example.com\"]}}") > 0);
     CU_ASSERT_FATAL(
-        apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\","
-               "\"metadata\":{\"name\":\"orders\"},\"spec\":{\"domain\":"
-               "\"sales\",\"ports\":[{\"name\":\"sql\",\"type\":\"query\","
-               "\"engine\":\"sqlite\",\"database\":\"o.db\",\"table\":"
-               "\"orders\"}],\"schema\":[{\"name\":\"order_id\",\"type\":"
-               "\"integer\"},{\"name\":\"email\",\"type\":\"string\","
-               "\"classification\":[\"pii.email\"]}]}}") > 0);
-    rev = apply1(principal);
+        gc_apply(gov,
+                 "{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\","
+                 "\"metadata\":{\"name\":\"orders\"},\"spec\":{\"domain\":"
+                 "\"sales\",\"ports\":[{\"name\":\"sql\",\"type\":\"query\","
+                 "\"engine\":\"sqlite\",\"database\":\"o.db\",\"table\":"
+                 "\"orders\"}],\"schema\":[{\"name\":\"order_id\",\"type\":"
+                 "\"integer\"},{\"name\":\"email\",\"type\":\"string\","
+                 "\"classification\":[\"pii.email\"]}]}}") > 0);
+    rev = gc_apply_principal(gov, "alice", "analysts", "EU", ALICE_TOKEN);
     CU_ASSERT_FATAL(rev > 0);
 
     /* Principal and product known, no policy yet: default deny. */
@@ -311,14 +279,14 @@ static void test_snapshot_then_apply_changes_answer(void)
     json_decref(ans);
     CU_ASSERT_EQUAL(sidecarenv_readyz(sc, 2000), 200);
 
-    rev =
-        apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\","
-               "\"metadata\":{\"name\":\"analysts\"},\"spec\":{\"scope\":"
-               "\"global\",\"rules\":[{\"name\":\"read-sales\",\"effect\":"
-               "\"allow\",\"subjects\":[\"group:analysts\"],\"resources\":"
-               "[\"sales/*\"]},{\"name\":\"hash-email\",\"effect\":\"mask\","
-               "\"subjects\":[\"*\"],\"resources\":[\"*\"],\"mask\":{"
-               "\"method\":\"hash\",\"classifications\":[\"pii.email\"]}}]}}");
+    rev = gc_apply(
+        gov, "{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\","
+             "\"metadata\":{\"name\":\"analysts\"},\"spec\":{\"scope\":"
+             "\"global\",\"rules\":[{\"name\":\"read-sales\",\"effect\":"
+             "\"allow\",\"subjects\":[\"group:analysts\"],\"resources\":"
+             "[\"sales/*\"]},{\"name\":\"hash-email\",\"effect\":\"mask\","
+             "\"subjects\":[\"*\"],\"resources\":[\"*\"],\"mask\":{"
+             "\"method\":\"hash\",\"classifications\":[\"pii.email\"]}}]}}");
     CU_ASSERT_FATAL(rev > 0);
     start = now_ms();
     ans = NULL;
