@@ -10,10 +10,10 @@
  */
 #include "common/rpc.h"
 #include "polis/v1/distribution.pb-c.h"
-#include "polis/v1/governance.pb-c.h"
 #include "sidecar/access_log.h"
 #include "sidecar/subscriber.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/testutil.h"
 
 #include <dirent.h>
@@ -68,24 +68,7 @@ static const char *const mesh_docs[] = {
 
 static int apply_mesh(void)
 {
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-
-    polis__v1__document__init(&d);
-    d.source = "test";
-    d.json = (char *)mesh_docs[0];
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return 0;
+    return gc_apply(gov, mesh_docs[0]) < 0 ? -1 : 0;
 }
 
 static int stop_controlplane(void)

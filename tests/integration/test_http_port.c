@@ -7,8 +7,8 @@
  * through without the sidecar holding it.
  */
 #include "common/rpc.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <openssl/sha.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -402,42 +401,18 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* ---- fixture ----------------------------------------------------------- */
 
-static int apply1(const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return 0;
-}
-
 static int apply_principal(const char *name, const char *group,
                            const char *token)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
     char hex[65], doc[1024];
 
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    gc_token_sha256(token, hex);
     snprintf(doc, sizeof(doc),
              "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\",\"metadata\":"
              "{\"name\":\"%s\"},\"spec\":{\"groups\":[\"%s\",\"staff\"],"
              "\"credentials\":{\"tokenSha256\":[\"%s\"]}}}",
              name, group, hex);
-    return apply1(doc);
+    return gc_apply(gov, doc) < 0 ? -1 : 0;
 }
 
 static int apply_product(const char *name, const char *port_json)
@@ -450,7 +425,7 @@ static int apply_product(const char *name, const char *port_json)
              "\"ports\":[%s],\"schema\":[{\"name\":\"id\",\"type\":"
              "\"integer\"}]}}",
              name, port_json);
-    return apply1(doc);
+    return gc_apply(gov, doc) < 0 ? -1 : 0;
 }
 
 static const char *const policy_doc =
@@ -523,9 +498,11 @@ static int suite_init(void)
              "{\"name\":\"api\",\"type\":\"http\",\"upstream\":"
              "\"http://127.0.0.1:%d/base/\"}",
              up_port);
-    if (apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
-               "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
-               "}}") ||
+    if (gc_apply(
+            gov,
+            "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
+            "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
+            "}}") < 0 ||
         apply_product("api", port))
         goto fail;
     /* Nothing listens there. */
@@ -537,7 +514,8 @@ static int suite_init(void)
         apply_product("noapi", "{\"name\":\"f\",\"type\":\"file\","
                                "\"directory\":\"files\",\"format\":\"csv\"}") ||
         apply_principal("alice", "analysts", ALICE) ||
-        apply_principal("eve", "contractors", EVE) || apply1(policy_doc))
+        apply_principal("eve", "contractors", EVE) ||
+        gc_apply(gov, policy_doc) < 0)
         goto fail;
     short_timeout = sidecar_knows_flag();
     snprintf(timeout, sizeof(timeout), "%d", PROXY_TIMEOUT_MS);

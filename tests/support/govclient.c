@@ -13,39 +13,64 @@
 
 #define MAX_BODY (16u * 1024 * 1024)
 
-int64_t gc_apply(rpc_channel *gov, const char *doc)
+int64_t gc_apply_docs(rpc_channel *gov, const char *const *docs, size_t n,
+                      int timeout_ms)
 {
     Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
+    Polis__V1__Document *d = calloc(n ? n : 1, sizeof(*d));
+    Polis__V1__Document **dp = calloc(n ? n : 1, sizeof(*dp));
     ProtobufCMessage *resp = NULL;
     rpc_status st = {0};
-    int64_t rev;
+    int64_t rev = -1;
 
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
+    if (d == NULL || dp == NULL) {
+        fprintf(stderr, "\napply: out of memory\n");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        polis__v1__document__init(&d[i]);
+        d[i].source = "test";
+        d[i].json = (char *)docs[i];
+        dp[i] = &d[i];
+    }
+    req.documents = dp;
+    req.n_documents = n;
     if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
+                  &resp, NULL, 0, timeout_ms > 0 ? timeout_ms : 10000,
+                  &st) != RPC_OK) {
         fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
                 st.message);
-        return -1;
+        goto out;
     }
     rev = ((Polis__V1__ApplyResponse *)resp)->revision;
     protobuf_c_message_free_unpacked(resp, NULL);
+out:
+    free(d);
+    free(dp);
     return rev;
+}
+
+int64_t gc_apply(rpc_channel *gov, const char *doc)
+{
+    return gc_apply_docs(gov, &doc, 1, 0);
+}
+
+void gc_token_sha256(const char *token, char hex[65])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+
+    SHA256((const unsigned char *)token, strlen(token), md);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
 }
 
 int64_t gc_apply_principal(rpc_channel *gov, const char *name,
                            const char *group, const char *region,
                            const char *token)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
     char hex[65], doc[1024], attrs[128] = "";
 
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    gc_token_sha256(token, hex);
     if (region)
         snprintf(attrs, sizeof(attrs), ",\"attributes\":{\"region\":\"%s\"}",
                  region);

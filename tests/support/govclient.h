@@ -18,6 +18,18 @@
 int64_t gc_apply(rpc_channel *gov, const char *doc);
 
 /*
+ * Apply docs[0..n) (JSON texts) in one call as source "test", bounded by
+ * timeout_ms (0: 10000): the revision, or -1 with the status and message
+ * on stderr.
+ */
+int64_t gc_apply_docs(rpc_channel *gov, const char *const *docs, size_t n,
+                      int timeout_ms);
+
+/* The lowercase hex SHA-256 of `token`, as a Principal's tokenSha256
+ * holds it, into hex (NUL-terminated). */
+void gc_token_sha256(const char *token, char hex[65]);
+
+/*
  * Apply a Principal `name` in group `group` with attribute region=`region`
  * (NULL: none) whose bearer token is `token` (its SHA-256 is stored).
  * The revision, or -1.
