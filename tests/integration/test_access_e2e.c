@@ -7,8 +7,8 @@
  * returns, and those spooled before a crash are not lost.
  */
 #include "common/rpc.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
@@ -16,7 +16,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <openssl/sha.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -68,41 +67,21 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* ---- the consumer: a query with a bearer token and a purpose ---------- */
 
-static size_t discard(char *p, size_t size, size_t n, void *ud)
-{
-    (void)p;
-    (void)ud;
-    return size * n;
-}
-
 /* POST a query to sales/orders' query port; the HTTP status, -1: none. */
 static long query(const char *token, const char *purpose)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdr = NULL;
     char url[256], line[256];
-    long status = -1;
+    const char *hdr[] = {line, NULL};
+    gc_response r;
 
-    if (h == NULL)
-        return -1;
     snprintf(url, sizeof(url), "%s/v1/products/sales/orders/query",
              sc->http_url);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS,
-                     "{\"sql\":\"SELECT order_id, region FROM orders\"}");
-    snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
-    hdr = curl_slist_append(hdr, line);
     snprintf(line, sizeof(line), "Polis-Purpose: %s", purpose);
-    hdr = curl_slist_append(hdr, line);
-    hdr = curl_slist_append(hdr, "Content-Type: application/json");
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    if (curl_easy_perform(h) == CURLE_OK)
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(h);
-    return status;
+    gc_http(NULL, url, token,
+            "{\"sql\":\"SELECT order_id, region FROM orders\"}", hdr, 10000,
+            &r);
+    gc_response_free(&r);
+    return r.status;
 }
 
 /* ---- polisctl ---------------------------------------------------------- */
@@ -274,45 +253,6 @@ static long spooled_records(void)
 
 /* ---- fixture ----------------------------------------------------------- */
 
-static int apply1(const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return 0;
-}
-
-static int apply_principal(const char *name, const char *group,
-                           const char *region, const char *token)
-{
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[65], doc[1024];
-
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    snprintf(doc, sizeof(doc),
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\",\"metadata\":"
-             "{\"name\":\"%s\"},\"spec\":{\"groups\":[\"%s\"],\"attributes\":"
-             "{\"region\":\"%s\"},\"credentials\":{\"tokenSha256\":[\"%s\"]}}"
-             "}",
-             name, group, region, hex);
-    return apply1(doc);
-}
-
 static int make_data(void)
 {
     static const char *const sql =
@@ -395,11 +335,12 @@ static int suite_init(void)
     cp = cpenv_start(&o);
     if (cp == NULL || (gov = cpenv_channel(cp)) == NULL)
         goto fail;
-    if (apply1(domain_doc) || apply1(product_doc) ||
-        apply_principal("alice", "analysts", "EU", ALICE) ||
-        apply_principal("bob", "analysts", "US", BOB) ||
-        apply_principal("eve", "contractors", "EU", EVE) ||
-        apply_principal("probe", "analysts", "EU", PROBE) || apply1(policy_doc))
+    if (gc_apply(gov, domain_doc) < 0 || gc_apply(gov, product_doc) < 0 ||
+        gc_apply_principal(gov, "alice", "analysts", "EU", ALICE) < 0 ||
+        gc_apply_principal(gov, "bob", "analysts", "US", BOB) < 0 ||
+        gc_apply_principal(gov, "eve", "contractors", "EU", EVE) < 0 ||
+        gc_apply_principal(gov, "probe", "analysts", "EU", PROBE) < 0 ||
+        gc_apply(gov, policy_doc) < 0)
         goto fail;
     sc_args[1] = root;
     so.controlplane = cp->grpc_target;

@@ -12,10 +12,10 @@
 #include "polis/v1/distribution.pb-c.h"
 #include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
-#include <curl/curl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,41 +58,6 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* ---- the control plane ---- */
 
-/* Apply JSON documents through Governance.Apply; the revision or -1. */
-static int64_t apply_n(const char *const *docs, size_t n)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d[16], *dp[16];
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev;
-
-    if (n > 16)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        polis__v1__document__init(&d[i]);
-        d[i].source = "test";
-        d[i].json = (char *)docs[i];
-        dp[i] = &d[i];
-    }
-    req.documents = dp;
-    req.n_documents = n;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rev;
-}
-
-static int64_t apply1(const char *doc)
-{
-    return apply_n(&doc, 1);
-}
-
 /* A Policy document with one allow/deny rule. */
 static char *policy_doc(const char *name, const char *scope, const char *rule,
                         const char *effect, const char *subject,
@@ -115,7 +80,7 @@ static int64_t apply_policy(const char *name, const char *scope,
                             const char *subject, const char *resource)
 {
     char *doc = policy_doc(name, scope, rule, effect, subject, resource);
-    int64_t rev = doc ? apply1(doc) : -1;
+    int64_t rev = doc ? gc_apply(gov, doc) : -1;
 
     free(doc);
     return rev;
@@ -221,35 +186,14 @@ static int etcd_del_record(const char *kind_key_scope, const char *name,
     return etcd_delete(etcd, key, false, NULL, rev_out, &err);
 }
 
-static size_t discard(char *p, size_t size, size_t nmemb, void *ud)
-{
-    (void)p;
-    (void)ud;
-    return size * nmemb;
-}
-
 /* POST a JSON body (etcd's gateway); the HTTP status or -1. */
 static long post_json(const char *url, const char *body)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdrs = NULL;
-    long status = -1;
+    gc_response r;
 
-    if (h == NULL)
-        return -1;
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
-    if (curl_easy_perform(h) != CURLE_OK ||
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
-        status = -1;
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
-    return status;
+    gc_http(NULL, url, NULL, body, NULL, 5000, &r);
+    gc_response_free(&r);
+    return r.status;
 }
 
 /* ---- the mesh ---- */
@@ -296,7 +240,8 @@ static int start_controlplane(void)
     eo.endpoints = cp->etcd->endpoint;
     if (etcd_client_new(&eo, &etcd, &err) != 0)
         return -1;
-    if (apply_n(mesh_docs, sizeof(mesh_docs) / sizeof(mesh_docs[0])) <= 0)
+    if (gc_apply_docs(gov, mesh_docs, sizeof(mesh_docs) / sizeof(mesh_docs[0]),
+                      0) <= 0)
         return -1;
     return 0;
 }

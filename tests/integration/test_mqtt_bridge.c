@@ -7,15 +7,14 @@
  * of acknowledged events after a sidecar restart.
  */
 #include "common/rpc.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
 #include <mosquitto.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -279,43 +278,17 @@ static bool first_arrivals_in_order(void)
 
 /* ---- the control plane and the sidecar ----------------------------------- */
 
-static int64_t apply1(const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev;
-
-    d.source = "test";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "\napply failed: %s: %s\n", rpc_status_name(st.code),
-                st.message);
-        return -1;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rev;
-}
-
 static int apply_principal(const char *name, const char *token)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
     char hex[65], doc[1024];
 
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    gc_token_sha256(token, hex);
     snprintf(doc, sizeof(doc),
              "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\",\"metadata\":"
              "{\"name\":\"%s\"},\"spec\":{\"credentials\":{\"tokenSha256\":"
              "[\"%s\"]}}}",
              name, hex);
-    return apply1(doc) > 0 ? 0 : -1;
+    return gc_apply(gov, doc) > 0 ? 0 : -1;
 }
 
 /* The partner's feed: events above 10, emails masked; `paused` adds a
@@ -344,7 +317,7 @@ static int64_t apply_policy(bool paused)
                       "\"subjects\":[\"partner\"],\"resources\":"
                       "[\"sales/orders\"]}"
                     : "");
-    return apply1(policy);
+    return gc_apply(gov, policy);
 }
 
 /* Wait until the sidecar enforces revision `rev` and the partner's
@@ -371,61 +344,26 @@ static int wait_revision(int64_t rev, bool allowed)
     return -1;
 }
 
-typedef struct body {
-    char *data;
-    size_t len;
-} body;
-
-static size_t on_data(char *p, size_t size, size_t n, void *ud)
-{
-    body *b = ud;
-    size_t len = size * n;
-    char *q;
-
-    if (b->len + len > 1024 * 1024 ||
-        (q = realloc(b->data, b->len + len + 1)) == NULL)
-        return 0;
-    b->data = q;
-    memcpy(b->data + b->len, p, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return len;
-}
-
 /* POST the events (a JSON array) as the product's service; the offset of
  * the first, or -1 (the answer printed). */
 static int64_t publish(const char *events)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdr = NULL;
     char url[256];
-    body b = {0};
-    long status = -1;
+    gc_response r;
     int64_t first = -1;
     json_t *ans;
 
     snprintf(url, sizeof(url), "%s/v1/products/sales/orders/events",
              sc->http_url);
-    hdr = curl_slist_append(hdr, "Authorization: Bearer " PUBLISHER);
-    hdr = curl_slist_append(hdr, "Content-Type: application/json");
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, events);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    if (curl_easy_perform(h) == CURLE_OK)
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(h);
-    ans = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    if (status == 200 && json_is_integer(json_object_get(ans, "first")))
+    gc_http(NULL, url, PUBLISHER, events, NULL, 10000, &r);
+    ans = gc_response_json(&r);
+    if (r.status == 200 && json_is_integer(json_object_get(ans, "first")))
         first = json_integer_value(json_object_get(ans, "first"));
     else
-        fprintf(stderr, "\npublish -> %ld: %s\n", status,
-                b.data ? b.data : "(no body)");
+        fprintf(stderr, "\npublish -> %ld: %s\n", r.status,
+                r.body ? r.body : "(no body)");
     json_decref(ans);
-    free(b.data);
+    gc_response_free(&r);
     return first;
 }
 
@@ -474,10 +412,13 @@ static int suite_init(void)
     cp = cpenv_start(&o);
     if (cp == NULL || (gov = cpenv_channel(cp)) == NULL)
         goto fail;
-    if (apply1("{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
-               "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
-               "}}") < 0 ||
-        apply1(product) < 0 || apply_principal("orders-service", PUBLISHER) ||
+    if (gc_apply(
+            gov,
+            "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\",\"metadata\":"
+            "{\"name\":\"sales\"},\"spec\":{\"owners\":[\"s@example.com\"]"
+            "}}") < 0 ||
+        gc_apply(gov, product) < 0 ||
+        apply_principal("orders-service", PUBLISHER) ||
         apply_principal("partner", PARTNER) || apply_policy(false) < 0)
         goto fail;
     so.controlplane = cp->grpc_target;
