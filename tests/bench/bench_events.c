@@ -23,6 +23,7 @@
 #include "common/rpc.h"
 #include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 
 #include <arpa/inet.h>
@@ -31,7 +32,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/sha.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -169,45 +169,13 @@ static void print_cpu(const char *name, pid_t sidecar, double secs, double sc0,
 
 /* ---- the mesh ------------------------------------------------------------ */
 
-static int64_t apply_docs(rpc_channel *ch, const char *const *docs, size_t n)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d[16], *dp[16];
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev;
-
-    if (n > 16)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        polis__v1__document__init(&d[i]);
-        d[i].source = "bench_events";
-        d[i].json = (char *)docs[i];
-        dp[i] = &d[i];
-    }
-    req.documents = dp;
-    req.n_documents = n;
-    if (rpc_unary(ch, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 30000, &st) != RPC_OK) {
-        fprintf(stderr, "bench_events: apply failed: %s %.500s\n",
-                rpc_status_name(st.code), st.message);
-        return -1;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return rev;
-}
-
 static char *principal_doc(const char *name, const char *group,
                            const char *region, const char *token)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
     char hex[65], attrs[64] = "";
     char *doc = NULL;
 
-    SHA256((const unsigned char *)token, strlen(token), md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    gc_token_sha256(token, hex);
     if (region)
         snprintf(attrs, sizeof(attrs), ",\"attributes\":{\"region\":\"%s\"}",
                  region);
@@ -291,8 +259,8 @@ static int64_t apply_mesh(rpc_channel *ch)
         if (docs[i] == NULL)
             goto out;
     /* The domain first: products and principals name it. */
-    if (apply_docs(ch, (const char *const *)docs, 1) >= 0)
-        rev = apply_docs(ch, (const char *const *)docs + 1, n - 1);
+    if (gc_apply_docs(ch, (const char *const *)docs, 1, 30000) >= 0)
+        rev = gc_apply_docs(ch, (const char *const *)docs + 1, n - 1, 30000);
 out:
     for (size_t i = 0; i < n; i++)
         free(docs[i]);

@@ -50,13 +50,12 @@
  * between 2 s flushes): 15,880 of 33,936 at ~10k/s.
  */
 #include "common/rpc.h"
-#include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 
 #include <curl/curl.h>
 #include <errno.h>
-#include <openssl/sha.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -246,37 +245,15 @@ static int nginx_start(nginx *n, const char *tmp, const char *name, int port,
 
 /* ---- polis ------------------------------------------------------------- */
 
-static int apply1(rpc_channel *gov, const char *doc)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document d = POLIS__V1__DOCUMENT__INIT, *dp = &d;
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-
-    d.source = "bench";
-    d.json = (char *)doc;
-    req.documents = &dp;
-    req.n_documents = 1;
-    if (rpc_unary(gov, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 10000, &st) != RPC_OK) {
-        fprintf(stderr, "bench: apply failed: %s: %s\n",
-                rpc_status_name(st.code), st.message);
-        return -1;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return 0;
-}
-
 /* The domain, a product whose http port leads to the upstream, a principal
  * holding TOKEN and a policy letting it call the port. */
 static int apply_mesh(rpc_channel *gov, int upstream_port)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    char hex[65], doc[1024];
+    char doc[1024];
 
-    if (apply1(gov, "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\","
-                    "\"metadata\":{\"name\":\"" DOMAIN "\"},\"spec\":{"
-                    "\"owners\":[\"bench@example.com\"]}}") != 0)
+    if (gc_apply(gov, "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\","
+                      "\"metadata\":{\"name\":\"" DOMAIN "\"},\"spec\":{"
+                      "\"owners\":[\"bench@example.com\"]}}") < 0)
         return -1;
     snprintf(doc, sizeof(doc),
              "{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\","
@@ -285,52 +262,28 @@ static int apply_mesh(rpc_channel *gov, int upstream_port)
              "\"upstream\":\"http://127.0.0.1:%d\"}],\"schema\":[{\"name\":"
              "\"id\",\"type\":\"integer\"}]}}",
              upstream_port);
-    if (apply1(gov, doc) != 0)
+    if (gc_apply(gov, doc) < 0)
         return -1;
-    SHA256((const unsigned char *)TOKEN, strlen(TOKEN), md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    snprintf(doc, sizeof(doc),
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"Principal\","
-             "\"metadata\":{\"name\":\"loadgen\"},\"spec\":{\"groups\":"
-             "[\"benchers\"],\"credentials\":{\"tokenSha256\":[\"%s\"]}}}",
-             hex);
-    if (apply1(gov, doc) != 0)
+    if (gc_apply_principal(gov, "loadgen", "benchers", NULL, TOKEN) < 0)
         return -1;
-    return apply1(gov,
-                  "{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\","
-                  "\"metadata\":{\"name\":\"bench-http\"},\"spec\":{\"scope\":"
-                  "\"global\",\"rules\":[{\"name\":\"call\",\"effect\":"
-                  "\"allow\",\"subjects\":[\"group:benchers\"],\"resources\":"
-                  "[\"" DOMAIN "/*\"],\"ports\":[\"http\"]}]}}");
-}
-
-static size_t discard(char *p, size_t size, size_t n, void *ud)
-{
-    (void)p;
-    (void)ud;
-    return size * n;
+    if (gc_apply(gov,
+                 "{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\","
+                 "\"metadata\":{\"name\":\"bench-http\"},\"spec\":{\"scope\":"
+                 "\"global\",\"rules\":[{\"name\":\"call\",\"effect\":"
+                 "\"allow\",\"subjects\":[\"group:benchers\"],\"resources\":"
+                 "[\"" DOMAIN "/*\"],\"ports\":[\"http\"]}]}}") < 0)
+        return -1;
+    return 0;
 }
 
 /* GET url with the bench's token: the status, -1 when no answer. */
 static long get_with_token(const char *url)
 {
-    CURL *h = curl_easy_init();
-    struct curl_slist *hdr = NULL;
-    long status = -1;
+    gc_response r;
 
-    if (h == NULL)
-        return -1;
-    hdr = curl_slist_append(hdr, "Authorization: Bearer " TOKEN);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 3000L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
-    if (curl_easy_perform(h) == CURLE_OK)
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hdr);
-    curl_easy_cleanup(h);
-    return status;
+    gc_http(NULL, url, TOKEN, NULL, NULL, 3000, &r);
+    gc_response_free(&r);
+    return r.status;
 }
 
 /* ---- wrk --------------------------------------------------------------- */
