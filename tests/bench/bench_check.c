@@ -21,6 +21,7 @@
 #include "polis/v1/check.pb-c.h"
 #include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 
 #include <grpc/byte_buffer.h>
@@ -135,40 +136,6 @@ static double machine_busy_seconds(void)
 
 /* ---- the generated mesh ---- */
 
-/* Apply documents; the revision written or -1. */
-static int64_t apply_docs(rpc_channel *ch, char **docs, size_t n)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document *d = calloc(n, sizeof(*d));
-    Polis__V1__Document **dp = calloc(n, sizeof(*dp));
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev = -1;
-
-    if (d == NULL || dp == NULL)
-        goto out;
-    for (size_t i = 0; i < n; i++) {
-        polis__v1__document__init(&d[i]);
-        d[i].source = "bench";
-        d[i].json = docs[i];
-        dp[i] = &d[i];
-    }
-    req.documents = dp;
-    req.n_documents = n;
-    if (rpc_unary(ch, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 60000, &st) != RPC_OK) {
-        fprintf(stderr, "bench: apply failed: %s %.300s\n",
-                rpc_status_name(st.code), st.message);
-        goto out;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-out:
-    free(d);
-    free(dp);
-    return rev;
-}
-
 static void free_docs(char **docs, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -184,7 +151,7 @@ static int64_t apply_chunked(rpc_channel *ch, char **docs, size_t n)
     for (size_t i = 0; i < n; i += DOCS_PER_CALL) {
         size_t k = n - i < DOCS_PER_CALL ? n - i : DOCS_PER_CALL;
 
-        rev = apply_docs(ch, docs + i, k);
+        rev = gc_apply_docs(ch, (const char *const *)docs + i, k, 60000);
         if (rev < 0)
             break;
     }
@@ -294,7 +261,7 @@ static int64_t apply_rules(rpc_channel *ch, int rules)
         snprintf(doc + used, cap - used, "]}}");
         docs[n++] = doc;
         if (n == POLICIES_PER_CALL || p == policies - 1) {
-            rev = apply_docs(ch, docs, n);
+            rev = gc_apply_docs(ch, (const char *const *)docs, n, 60000);
             free_docs(docs, n);
             n = 0;
             if (rev < 0)
