@@ -23,6 +23,7 @@
 #include "tests/support/cpenv.h"
 #include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
+#include "tests/support/procstat.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -69,69 +70,6 @@ static int env_int(const char *name, int def, int lo, int hi)
         return def;
     n = strtol(v, NULL, 10);
     return n < lo ? lo : n > hi ? hi : (int)n;
-}
-
-static long vmrss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    long kib = -1;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
-}
-
-/* CPU seconds (user + system) a process has used; -1 when unknown. */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024], *p;
-    unsigned long ut = 0, st = 0;
-    FILE *f;
-    size_t n;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* Fields after the ")" closing the command name: state is 3rd, utime
-     * the 14th and stime the 15th field of the whole line. */
-    p = strrchr(buf, ')');
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-               &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* CPU time the whole machine spent busy (every process: the sidecar, this
- * load generator, and whatever else shares the cores), in seconds. */
-static double machine_busy_seconds(void)
-{
-    unsigned long long v[8] = {0};
-    FILE *f = fopen("/proc/stat", "r");
-    int n;
-
-    if (f == NULL)
-        return -1;
-    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
-               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n != 8)
-        return -1;
-    /* user nice system idle iowait irq softirq steal: all but idle and
-     * iowait are busy. */
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) /
-           (double)sysconf(_SC_CLK_TCK);
 }
 
 /* ---- the generated mesh ---- */
@@ -619,9 +557,9 @@ int main(int argc, char **argv)
     printf("bench: check_sidecar_start_to_synced %.0f ms\n",
            (double)(mono_ns() - t0) / 1e6);
 
-    sc_cpu0 = cpu_seconds(testenv_proc_pid(sc->proc));
-    me_cpu0 = cpu_seconds(getpid());
-    all_cpu0 = machine_busy_seconds();
+    sc_cpu0 = ps_cpu_seconds(testenv_proc_pid(sc->proc));
+    me_cpu0 = ps_cpu_seconds(getpid());
+    all_cpu0 = ps_machine_busy_seconds();
     t0 = mono_ns();
     for (int i = 0; i < nworkers; i++) {
         w[i].target = sc->grpc_target;
@@ -649,8 +587,8 @@ int main(int argc, char **argv)
     }
     elapsed = mono_ns() - t0;
     secs = (double)elapsed / 1e9;
-    sc_cpu = cpu_seconds(testenv_proc_pid(sc->proc)) - sc_cpu0;
-    me_cpu = cpu_seconds(getpid()) - me_cpu0;
+    sc_cpu = ps_cpu_seconds(testenv_proc_pid(sc->proc)) - sc_cpu0;
+    me_cpu = ps_cpu_seconds(getpid()) - me_cpu0;
     /* Where the cores went: the sidecar, or this load generator. */
     printf("bench: check_sidecar_cpu %.2f cores\n", sc_cpu / secs);
     printf("bench: check_client_cpu %.2f cores\n", me_cpu / secs);
@@ -658,7 +596,7 @@ int main(int argc, char **argv)
      * count means the run was CPU-bound, and what the sidecar and client
      * do not account for is somebody else's load. */
     printf("bench: check_machine_cpu %.2f cores of %ld\n",
-           (machine_busy_seconds() - all_cpu0) / secs,
+           (ps_machine_busy_seconds() - all_cpu0) / secs,
            sysconf(_SC_NPROCESSORS_ONLN));
     /* CPU per decision: unlike decisions/s, it holds steady when other
      * work shares the machine. */
@@ -687,7 +625,7 @@ int main(int argc, char **argv)
            (double)allowed / (double)total);
     printf("bench: check_errors %ld requests\n", errors);
     printf("bench: sidecar_rss_%d_rules %.1f MiB\n", rules,
-           (double)vmrss_kib(testenv_proc_pid(sc->proc)) / 1024.0);
+           (double)ps_rss_kib(testenv_proc_pid(sc->proc)) / 1024.0);
     rc = errors == 0 && allowed > 0 && (size_t)allowed < total ? 0 : 1;
     if (rc)
         fprintf(stderr, "bench: errors, or every decision was the same\n");

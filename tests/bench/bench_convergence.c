@@ -14,6 +14,7 @@
 #include "polis/v1/distribution.pb-c.h"
 #include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/procstat.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -187,23 +188,6 @@ static int64_t fleet_wait(int n, int timeout_ms)
 
 /* ---- the control plane ---- */
 
-static long vmrss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    long kib = -1;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
-}
-
 /* Apply documents (JSON texts); the revision written, or -1. */
 static int64_t apply_docs(rpc_channel *ch, char **docs, size_t n)
 {
@@ -338,7 +322,7 @@ static int run(int n)
     if (apply_mesh(ctl) != 0 || apply_change(ctl, 0) < 0)
         goto out;
     usleep(300 * 1000); /* let the first build settle */
-    rss_before = vmrss_kib(testenv_proc_pid(cp->proc));
+    rss_before = ps_rss_kib(testenv_proc_pid(cp->proc));
     for (int c = 0; c < nchan; c++)
         if ((chans[c] = cpenv_channel(cp)) == NULL)
             goto out;
@@ -367,7 +351,7 @@ static int run(int n)
     printf("bench: convergence_connect_all_n%d %.0f ms\n", n,
            (double)(mono_ns() - t0) / 1e6);
     usleep(500 * 1000); /* status writes of the connects settle */
-    rss_after = vmrss_kib(testenv_proc_pid(cp->proc));
+    rss_after = ps_rss_kib(testenv_proc_pid(cp->proc));
 
     for (int i = 0; i < CHANGES; i++) {
         int64_t rev, committed, last;

@@ -25,6 +25,7 @@
 #include "tests/support/cpenv.h"
 #include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
+#include "tests/support/procstat.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -108,62 +109,16 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* CPU seconds (user + system) a process has used; -1 when unknown. */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024], *p;
-    unsigned long ut = 0, st = 0;
-    FILE *f;
-    size_t n;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* utime and stime are the 14th and 15th fields; the command name in
-     * parentheses may hold spaces, so count from its ")". */
-    p = strrchr(buf, ')');
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-               &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* CPU time the whole machine spent busy (every process, others' too), in
- * seconds: a figure near the core count means the run was CPU-bound. */
-static double machine_busy_seconds(void)
-{
-    unsigned long long v[8] = {0};
-    FILE *f = fopen("/proc/stat", "r");
-    int n;
-
-    if (f == NULL)
-        return -1;
-    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
-               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n != 8)
-        return -1;
-    /* user nice system idle iowait irq softirq steal: idle and iowait are
-     * not busy */
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) /
-           (double)sysconf(_SC_CLK_TCK);
-}
-
 /* Where the cores went during a phase that started at *_0 values. */
 static void print_cpu(const char *name, pid_t sidecar, double secs, double sc0,
                       double me0, double all0)
 {
     printf("bench: %s_sidecar_cpu %.2f cores\n", name,
-           (cpu_seconds(sidecar) - sc0) / secs);
+           (ps_cpu_seconds(sidecar) - sc0) / secs);
     printf("bench: %s_client_cpu %.2f cores\n", name,
-           (cpu_seconds(getpid()) - me0) / secs);
+           (ps_cpu_seconds(getpid()) - me0) / secs);
     printf("bench: %s_machine_cpu %.2f cores of %ld\n", name,
-           (machine_busy_seconds() - all0) / secs,
+           (ps_machine_busy_seconds() - all0) / secs,
            sysconf(_SC_NPROCESSORS_ONLN));
 }
 
@@ -507,8 +462,8 @@ static int run_throughput(const sidecarenv *sc, const char *product,
 {
     tput_worker w[MAX_PUBLISHERS];
     pid_t pid = testenv_proc_pid(sc->proc);
-    double cpu0 = cpu_seconds(pid), me0 = cpu_seconds(getpid()),
-           all0 = machine_busy_seconds(), secs, *all;
+    double cpu0 = ps_cpu_seconds(pid), me0 = ps_cpu_seconds(getpid()),
+           all0 = ps_machine_busy_seconds(), secs, *all;
     uint64_t events = 0;
     size_t nall = 0;
     int64_t t0 = mono_us();
@@ -870,9 +825,9 @@ static int run_latency(const sidecarenv *sc, int nconsumers, int events,
     }
     if (pub_init(&p, sc->http_url, "orders-live", 1024) != 0)
         goto out;
-    sc0 = cpu_seconds(pid);
-    me0 = cpu_seconds(getpid());
-    all0 = machine_busy_seconds();
+    sc0 = ps_cpu_seconds(pid);
+    me0 = ps_cpu_seconds(getpid());
+    all0 = ps_machine_busy_seconds();
     t0 = mono_us();
     for (int i = 1; i <= events; i++) {
         char why[512];

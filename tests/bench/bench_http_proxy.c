@@ -53,6 +53,7 @@
 #include "tests/support/cpenv.h"
 #include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
+#include "tests/support/procstat.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -107,51 +108,6 @@ static int env_int(const char *name, int def, int lo, int hi)
         return def;
     n = strtol(v, NULL, 10);
     return n < lo ? lo : n > hi ? hi : (int)n;
-}
-
-/* CPU seconds (user + system) a process has used; -1 when unknown. */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024], *p;
-    unsigned long ut = 0, st = 0;
-    FILE *f;
-    size_t n;
-
-    if (pid <= 0)
-        return -1;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* utime and stime are the 14th and 15th fields; the command name
-     * (2nd, in parentheses) may hold spaces. */
-    p = strrchr(buf, ')');
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-               &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* Busy CPU seconds of the whole machine (everybody's load included). */
-static double machine_busy_seconds(void)
-{
-    unsigned long long v[8] = {0};
-    FILE *f = fopen("/proc/stat", "r");
-    int n;
-
-    if (f == NULL)
-        return -1;
-    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
-               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n != 8)
-        return -1;
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) /
-           (double)sysconf(_SC_CLK_TCK);
 }
 
 static int write_file(const char *path, const char *text)
@@ -403,10 +359,10 @@ static int wrk_run(bench *b, const target *t, int seconds, run *r)
     }
     argv[n++] = t->url;
     argv[n] = NULL;
-    pcpu0 = cpu_seconds(t->proxy_pid);
-    ucpu0 = cpu_seconds(b->upstream_pid);
-    ccpu0 = cpu_seconds(b->cp_pid);
-    mcpu0 = machine_busy_seconds();
+    pcpu0 = ps_cpu_seconds(t->proxy_pid);
+    ucpu0 = ps_cpu_seconds(b->upstream_pid);
+    ccpu0 = ps_cpu_seconds(b->cp_pid);
+    mcpu0 = ps_machine_busy_seconds();
     p = testenv_spawn(argv, NULL, out);
     if (p == NULL)
         return -1;
@@ -422,10 +378,10 @@ static int wrk_run(bench *b, const target *t, int seconds, run *r)
     }
     testenv_proc_stop(p, 1000);
     if (t->proxy_pid > 0)
-        r->proxy_cpu_s = cpu_seconds(t->proxy_pid) - pcpu0;
-    r->upstream_cpu_s = cpu_seconds(b->upstream_pid) - ucpu0;
-    r->cp_cpu_s = cpu_seconds(b->cp_pid) - ccpu0;
-    r->machine_cpu_s = machine_busy_seconds() - mcpu0;
+        r->proxy_cpu_s = ps_cpu_seconds(t->proxy_pid) - pcpu0;
+    r->upstream_cpu_s = ps_cpu_seconds(b->upstream_pid) - ucpu0;
+    r->cp_cpu_s = ps_cpu_seconds(b->cp_pid) - ccpu0;
+    r->machine_cpu_s = ps_machine_busy_seconds() - mcpu0;
     if (parse_wrk(out, r) != 0) {
         fprintf(stderr, "bench: cannot read wrk's report against %s\n",
                 t->name);

@@ -11,6 +11,7 @@
 #include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
+#include "tests/support/procstat.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -278,23 +279,6 @@ typedef struct body {
     size_t hlen;
 } body;
 
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    long kb = -1;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kb;
-}
-
 static size_t on_data(char *p, size_t size, size_t n, void *ud)
 {
     body *b = ud;
@@ -305,7 +289,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *ud)
             return 0; /* hang up mid-body */
         b->bytes += len;
         if (b->bytes >= b->next_sample) {
-            long kb = rss_kb(b->pid);
+            long kb = ps_rss_kib(b->pid);
             if (kb > b->rss_max_kb)
                 b->rss_max_kb = kb;
             b->next_sample += 1024 * 1024;
@@ -693,7 +677,7 @@ static void test_big_body_streamed(void)
     int64_t t0 = now_ms();
 
     b.pid = testenv_proc_pid(sc->proc);
-    before = rss_kb(b.pid);
+    before = ps_rss_kib(b.pid);
     b.rss_max_kb = before;
     b.next_sample = 1024 * 1024;
     /* A client slower than the upstream: without back-pressure the

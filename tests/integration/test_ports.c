@@ -12,6 +12,7 @@
 #include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
+#include "tests/support/procstat.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -69,23 +70,6 @@ typedef struct body {
     long rss_max_kb;
 } body;
 
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    long kb = -1;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kb;
-}
-
 static size_t on_data(char *p, size_t size, size_t n, void *ud)
 {
     body *b = ud;
@@ -98,7 +82,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *ud)
         for (size_t i = 0; i < len; i++)
             b->lines += p[i] == '\n';
         if (b->bytes >= b->next_sample) {
-            long kb = rss_kb(b->pid);
+            long kb = ps_rss_kib(b->pid);
             if (kb > b->rss_max_kb)
                 b->rss_max_kb = kb;
             b->next_sample += 2 * 1024 * 1024;
@@ -695,7 +679,7 @@ static void test_big_file_constant_memory(void)
     int64_t t0 = time(NULL);
 
     b.pid = testenv_proc_pid(sc->proc);
-    before = rss_kb(b.pid);
+    before = ps_rss_kib(b.pid);
     b.rss_max_kb = before;
     b.next_sample = 1 << 20;
     CU_ASSERT_EQUAL(http(&c, &b), 200);
