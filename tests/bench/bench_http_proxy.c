@@ -34,20 +34,20 @@
  * control plane's CPU while the sidecar ran (it receives the sidecar's
  * access records).
  *
- * Figures (2 cores shared with other work, defaults): the sidecar reached
- * 0.18-0.24 of nginx's requests/s (nginx 18-57k/s, sidecar 4-10k/s), far
- * below the 0.8 aim, with p99 5-40 ms above nginx's.  CPU per request,
- * steadier: nginx ~20 us, sidecar ~95-130 us, and the upstream ~10 us
- * behind nginx but ~45 us behind the sidecar.  Where it goes (perf): the
- * sidecar opens and closes an upstream connection per request (socket,
- * connect, epoll_ctl, shutdown, close: ~40% of its CPU, and the upstream's
- * accept/close); with BENCH_NGINX_KEEPALIVE=0 nginx pays the same and the
- * ratio was 0.61 (nginx ~75 us per request).  Then per-request calloc of
- * a pol_decision (~5%), a json_deep_copy of the product (~2.5%), SHA-256
- * of the token with an EVP fetch each time (~2%).  The access records cost
- * the sidecar under 1% and the control plane ~0.05 cores, but above ~5k
- * requests/s the sidecar dropped records (memory bound of 10,000 reached
- * between 2 s flushes): 15,880 of 33,936 at ~10k/s.
+ * Figures (2 shared cores, defaults; scripts/bench.sh http_proxy).  First
+ * run: 0.18-0.24 of nginx's requests/s, the sidecar opening and closing an
+ * upstream connection per request (~40% of its CPU, and the upstream's
+ * accept/close), access records dropped above ~5k requests/s.  Since the
+ * per-loop upstream pool, the epoll changelist, no per-request zeroing of a
+ * decision or copy of the product, and access records sent as soon as a
+ * batch is full: 0.35-0.39 of nginx (nginx 50-57k/s, sidecar 17.5-20k/s),
+ * sidecar CPU 34-40 us per request against nginx's 17-19 us, added p99
+ * 3.8-4.7 ms over nginx, no access record dropped.  The aim (0.8) is
+ * missed: strace shows evhttp making 6 epoll_ctl calls and two extra loop
+ * turns per proxied request (it enables and disables reading and writing
+ * around each request and writes only after EPOLLOUT), where nginx writes
+ * at once and keeps edge-triggered registrations; closing the gap needs
+ * HTTP/1.1 handled without evhttp on this path.
  */
 #include "common/rpc.h"
 #include "tests/support/cpenv.h"
