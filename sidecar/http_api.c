@@ -66,6 +66,10 @@ typedef struct worker {
     struct event *beat;
     hp_pool *upstreams;        /* HTTP ports' idle upstream connections */
     struct publish *publishes; /* waiting for their fsync */
+    /* Batches of event streams as sent, for the next stream of the same
+     * view at the same offset ("shared batches" below). */
+    struct sse_cached *batches;
+    uint64_t batch_clock;
 } worker;
 
 struct sc_http {
@@ -1471,6 +1475,100 @@ static int sse_record(void *ctx, const sc_event_record *rec)
 
 static void consumer_sent(struct evhttp_connection *evcon, void *arg);
 
+/*
+ * Shared batches.  Every stream at the tail of a log is woken by the same
+ * publish and reads the same records; streams of one principal with one
+ * purpose under one snapshot produce the same bytes for them.  So each
+ * loop keeps the last few batches it produced, keyed by (log, first
+ * offset, snapshot, principal, purpose), and the next stream of the same
+ * view copies the bytes instead of reading and governing the records
+ * again.
+ */
+#define SSE_CACHE_SLOTS 8
+
+typedef struct sse_cached {
+    const sc_event_log *log; /* NULL: empty slot */
+    uint64_t from, next;
+    /* The snapshot by digest, not address: a freed snapshot's address may
+     * come back for another one. */
+    char digest[80];
+    char key[2 * POL_MAX_NAME + 2]; /* principal NUL purpose */
+    size_t keylen;
+    struct evbuffer *bytes;
+    uint64_t events; /* delivered in the batch (after filters) */
+    uint64_t used;   /* the loop's clock when last used */
+} sse_cached;
+
+static size_t view_key(const consumer *c, char *key, size_t cap)
+{
+    const char *purpose = c->p->has_purpose ? c->p->purpose : "";
+    int n = snprintf(key, cap, "%s%c%s", sc_event_view_principal(c->view), '\0',
+                     purpose);
+
+    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+static sse_cached *batch_find(worker *w, const consumer *c, const char *key,
+                              size_t keylen)
+{
+    for (int i = 0; w->batches && i < SSE_CACHE_SLOTS; i++) {
+        sse_cached *b = &w->batches[i];
+        if (b->log == c->log && b->from == c->next &&
+            strcmp(b->digest,
+                   sc_snapshot_digest(sc_event_view_snapshot(c->view))) == 0 &&
+            b->keylen == keylen && memcmp(b->key, key, keylen) == 0) {
+            b->used = ++w->batch_clock;
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* Keep the batch just read (all of c->out from `start`). */
+static void batch_keep(worker *w, const consumer *c, const char *key,
+                       size_t keylen, uint64_t from, uint64_t events,
+                       size_t start)
+{
+    sse_cached *slot = NULL;
+    size_t len = evbuffer_get_length(c->out) - start;
+
+    if (keylen == 0 || keylen >= sizeof(slot->key))
+        return;
+    if (w->batches == NULL &&
+        (w->batches = calloc(SSE_CACHE_SLOTS, sizeof(*w->batches))) == NULL)
+        return;
+    for (int i = 0; i < SSE_CACHE_SLOTS; i++)
+        if (slot == NULL || w->batches[i].used < slot->used)
+            slot = &w->batches[i]; /* least recently used */
+    if (slot->bytes == NULL && (slot->bytes = evbuffer_new()) == NULL)
+        return;
+    evbuffer_drain(slot->bytes, evbuffer_get_length(slot->bytes));
+    slot->log = NULL;
+    if (len > 0) {
+        unsigned char *data = evbuffer_pullup(c->out, -1);
+        if (data == NULL || evbuffer_add(slot->bytes, data + start, len) != 0)
+            return;
+    }
+    slot->log = c->log;
+    slot->from = from;
+    slot->next = c->next;
+    snprintf(slot->digest, sizeof(slot->digest), "%s",
+             sc_snapshot_digest(sc_event_view_snapshot(c->view)));
+    memcpy(slot->key, key, keylen);
+    slot->keylen = keylen;
+    slot->events = events;
+    slot->used = ++w->batch_clock;
+}
+
+static void batches_free(worker *w)
+{
+    for (int i = 0; w->batches && i < SSE_CACHE_SLOTS; i++)
+        if (w->batches[i].bytes)
+            evbuffer_free(w->batches[i].bytes);
+    free(w->batches);
+    w->batches = NULL;
+}
+
 /* A policy change applies from the next event: the view follows the
  * snapshot in force.  0, or the stream was ended. */
 static int consumer_follow(consumer *c)
@@ -1508,21 +1606,43 @@ static void consumer_pump(consumer *c)
     sse_batch b = {c, 0, {0}};
     uint64_t next = c->next;
     char detail[POLIS_ERROR_WHERE_MAX + POLIS_ERROR_MSG_MAX];
-    int rc;
+    char key[2 * POL_MAX_NAME + 2];
+    size_t keylen;
+    int rc = 0;
 
     if (c->inflight || c->ended || consumer_follow(c) != 0)
         return;
     /* Events the consumer's filters leave out produce nothing: read on
      * (a bounded number of batches per turn, then yield the loop) until
      * something is to be sent or the log is exhausted. */
+    keylen = view_key(c, key, sizeof(key));
     for (int turn = 0;; turn++) {
-        uint64_t from = c->next;
+        uint64_t from = c->next, sent = c->sent;
+        size_t start = evbuffer_get_length(c->out);
+        sse_cached *hit = keylen ? batch_find(c->p->w, c, key, keylen) : NULL;
 
-        rc = sc_event_log_read(c->log, c->next, 256, 128 * 1024, sse_record, &b,
-                               &next, &b.err);
-        if (rc != 0 || next == from)
+        if (hit) {
+            size_t n = evbuffer_get_length(hit->bytes);
+            if (n > 0 &&
+                evbuffer_add(c->out, evbuffer_pullup(hit->bytes, -1), n) != 0) {
+                rc = polis_error_set(&b.err, POLIS_ENOMEM, NULL,
+                                     "out of memory");
+                break;
+            }
+            c->sent += hit->events;
+            metric_add(c->p->h->m_delivered, hit->events);
+            next = hit->next;
+        } else {
+            rc = sc_event_log_read(c->log, c->next, 256, 128 * 1024, sse_record,
+                                   &b, &next, &b.err);
+            if (rc != 0)
+                break;
+        }
+        if (next == from)
             break;
         c->next = next;
+        if (!hit)
+            batch_keep(c->p->w, c, key, keylen, from, c->sent - sent, start);
         if (evbuffer_get_length(c->out) > 0)
             break;
         if (turn == 16) {
@@ -2224,6 +2344,7 @@ static void worker_free(worker *w)
     if (w->http)
         evhttp_free(w->http);
     hp_pool_free(w->upstreams);
+    batches_free(w);
     if (w->wake)
         event_free(w->wake);
     if (w->beat)

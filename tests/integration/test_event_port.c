@@ -612,13 +612,19 @@ static void test_policy_change(void)
 {
     sse *audra = sse_open(ORDERS, AUDRA, NULL, 0);
     sse *alice = sse_open(ORDERS, ALICE, NULL, 0);
-    sse_event ev;
+    /* A second stream of the same principal: streams of one view share
+     * the batches they read, and must still follow the new policy. */
+    sse *audra2 = sse_open(ORDERS, AUDRA, NULL, 0);
+    sse_event ev, ev2;
     int64_t rev;
     json_t *j;
 
-    CU_ASSERT_FATAL(audra && alice);
+    CU_ASSERT_FATAL(audra && alice && audra2);
     CU_ASSERT_FATAL(publish_orders(300, 1) >= 0);
+    CU_ASSERT_EQUAL_FATAL(sse_next(audra2, 5000, &ev2), 1);
     CU_ASSERT_EQUAL_FATAL(sse_next(audra, 5000, &ev), 1);
+    CU_ASSERT_STRING_EQUAL(ev.data, ev2.data);
+    CU_ASSERT_EQUAL(ev.id, ev2.id);
     j = json_loads(ev.data, 0, NULL);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "card")),
                            "4111111111100300");
@@ -635,6 +641,8 @@ static void test_policy_change(void)
                      "4111111111100302") != 0);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "order_id")), 302);
     json_decref(j);
+    CU_ASSERT_EQUAL_FATAL(sse_next(audra2, 5000, &ev2), 1);
+    CU_ASSERT_STRING_EQUAL(ev.data, ev2.data);
     /* alice got the EU event 300 before; 302 is EU too. */
     CU_ASSERT_EQUAL(sse_next(alice, 5000, &ev), 1);
     CU_ASSERT_EQUAL(sse_next(alice, 5000, &ev), 1);
@@ -649,6 +657,7 @@ static void test_policy_change(void)
     CU_ASSERT_EQUAL(sse_next(audra, 5000, &ev), 1);
     sse_close(alice);
     sse_close(audra);
+    sse_close(audra2);
     rev = gc_apply(gov, policy_doc);
     CU_ASSERT(rev > 0 && wait_revision(rev) == 0);
 }
