@@ -14,6 +14,7 @@
 #include "polis/v1/distribution.pb-c.h"
 #include "polis/v1/governance.pb-c.h"
 #include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
 #include "tests/support/procstat.h"
 
 #include <pthread.h>
@@ -188,40 +189,6 @@ static int64_t fleet_wait(int n, int timeout_ms)
 
 /* ---- the control plane ---- */
 
-/* Apply documents (JSON texts); the revision written, or -1. */
-static int64_t apply_docs(rpc_channel *ch, char **docs, size_t n)
-{
-    Polis__V1__ApplyRequest req = POLIS__V1__APPLY_REQUEST__INIT;
-    Polis__V1__Document *d = calloc(n, sizeof(*d));
-    Polis__V1__Document **dp = calloc(n, sizeof(*dp));
-    ProtobufCMessage *resp = NULL;
-    rpc_status st = {0};
-    int64_t rev = -1;
-
-    if (d == NULL || dp == NULL)
-        goto out;
-    for (size_t i = 0; i < n; i++) {
-        polis__v1__document__init(&d[i]);
-        d[i].source = "bench";
-        d[i].json = docs[i];
-        dp[i] = &d[i];
-    }
-    req.documents = dp;
-    req.n_documents = n;
-    if (rpc_unary(ch, &polis__v1__governance__descriptor, "Apply", &req.base,
-                  &resp, NULL, 0, 30000, &st) != RPC_OK) {
-        fprintf(stderr, "bench: apply failed: %s %s\n",
-                rpc_status_name(st.code), st.message);
-        goto out;
-    }
-    rev = ((Polis__V1__ApplyResponse *)resp)->revision;
-    protobuf_c_message_free_unpacked(resp, NULL);
-out:
-    free(d);
-    free(dp);
-    return rev;
-}
-
 /* Domains d0..d19 with one product each, a few principals, and a global
  * policy: snapshots of a realistic small size. */
 static int apply_mesh(rpc_channel *ch)
@@ -253,7 +220,7 @@ static int apply_mesh(rpc_channel *ch)
                      i, i % 4) < 0)
             return -1;
     }
-    if (apply_docs(ch, docs, n) < 0)
+    if (gc_apply_docs(ch, (const char *const *)docs, n, 30000) < 0)
         rc = -1;
     for (size_t i = 0; i < n; i++)
         free(docs[i]);
@@ -278,7 +245,7 @@ static int64_t apply_change(rpc_channel *ch, int i)
                  "\"pii.*\"]}}]}}",
                  i % 4 + (i / 4) * 10) < 0)
         return -1;
-    rev = apply_docs(ch, &doc, 1);
+    rev = gc_apply_docs(ch, (const char *const *)&doc, 1, 30000);
     free(doc);
     return rev;
 }
