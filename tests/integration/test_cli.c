@@ -8,6 +8,7 @@
  */
 #include "common/document.h"
 #include "tests/support/testenv.h"
+#include "tests/support/ctlrun.h"
 #include "tests/support/testutil.h"
 
 #include <errno.h>
@@ -25,53 +26,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#define POLISCTL     POLIS_BUILD_DIR "/cli/polisctl"
 #define CONTROLPLANE POLIS_BUILD_DIR "/controlplane/polis-controlplane"
 #define TEST_USER    "council-test"
-#define RUN_LIMIT_MS 30000 /* a polisctl run that takes longer is a hang */
-#define MAX_ARGV     32
 
 /* ------------------------------------------------------------------------ */
 /* running polisctl                                                         */
 
-typedef struct run_result {
-    int code; /* exit code; -1 when killed or not run */
-    char *out;
-    char *err;
-    double seconds;
-} run_result;
+typedef ctl_result run_result;
 
 static const char *workdir;  /* temp dir for this program's files */
 static char server_addr[64]; /* the control plane, once started */
 static bool server_skipped;  /* no control-plane binary: SKIP */
 static testenv_etcd *etcd;
 static testenv_proc *controlplane;
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (f == NULL)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
-    if (buf && n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)
-        buf[0] = '\0';
-    fclose(f);
-    return buf;
-}
 
 static void write_file(const char *path, const char *text)
 {
@@ -84,9 +51,7 @@ static void write_file(const char *path, const char *text)
 
 static void run_result_clear(run_result *r)
 {
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
+    ctl_result_clear(r);
 }
 
 /*
@@ -95,69 +60,11 @@ static void run_result_clear(run_result *r)
  */
 static void run_argv(run_result *r, const char *input, const char *const *args)
 {
-    char out_path[512], err_path[512], in_path[512];
-    const char *argv[MAX_ARGV + 2];
-    size_t n = 0;
-    double started;
-    pid_t pid;
-    int status = 0;
-
-    memset(r, 0, sizeof(*r));
-    r->code = -1;
-    argv[n++] = POLISCTL;
-    for (; args[n - 1] && n < MAX_ARGV; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    snprintf(out_path, sizeof(out_path), "%s/run.out", workdir);
-    snprintf(err_path, sizeof(err_path), "%s/run.err", workdir);
-    snprintf(in_path, sizeof(in_path), "%s/run.in", workdir);
-    if (input)
-        write_file(in_path, input);
-    started = now_s();
-    pid = fork();
-    CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        int in = open(input ? in_path : "/dev/null", O_RDONLY);
-        int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-
-        if (in < 0 || out < 0 || err < 0)
-            _exit(127);
-        dup2(in, 0);
-        dup2(out, 1);
-        dup2(err, 2);
-        setenv("USER", TEST_USER, 1);
-        unsetenv("POLIS_SERVER");
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0 && errno != EINTR)
-            break;
-        if ((now_s() - started) * 1000 > RUN_LIMIT_MS) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            fprintf(stderr, "polisctl did not finish in %d ms\n", RUN_LIMIT_MS);
-            status = -1;
-            break;
-        }
-        usleep(2000);
-    }
-    r->seconds = now_s() - started;
-    r->code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r->out = slurp(out_path);
-    r->err = slurp(err_path);
+    ctl_run(r, workdir, input, TEST_USER, args);
     /* Under the sanitizer build a leak or UB in polisctl fails the test
      * even where a non-zero exit is the expected outcome. */
     CU_ASSERT(strstr(r->err, "Sanitizer") == NULL);
     CU_ASSERT(strstr(r->err, "runtime error:") == NULL);
-    /* Failing assertions are easier to read with what polisctl said. */
-    if (getenv("POLIS_TEST_VERBOSE"))
-        fprintf(stderr, "\n$ polisctl ... -> %d\n%s%s", r->code, r->out,
-                r->err);
 }
 
 #define RUN(r, input, ...)                                                     \
@@ -1113,8 +1020,8 @@ static void test_delete(void)
 static int usage_init(void)
 {
     workdir = testenv_tmpdir("cli");
-    if (workdir == NULL || access(POLISCTL, X_OK) != 0) {
-        fprintf(stderr, "%s is not built\n", POLISCTL);
+    if (workdir == NULL || access(CTLRUN_POLISCTL, X_OK) != 0) {
+        fprintf(stderr, "%s is not built\n", CTLRUN_POLISCTL);
         return 1;
     }
     return 0;

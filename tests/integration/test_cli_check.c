@@ -11,6 +11,7 @@
 #include "polis/v1/distribution.pb-c.h"
 #include "tests/support/cpenv.h"
 #include "tests/support/testenv.h"
+#include "tests/support/ctlrun.h"
 #include "tests/support/testutil.h"
 
 #include <errno.h>
@@ -24,22 +25,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define POLISCTL       POLIS_BUILD_DIR "/cli/polisctl"
 #define CONTROLPLANE   POLIS_BUILD_DIR "/controlplane/polis-controlplane"
-#define RUN_LIMIT_MS   30000 /* a polisctl run that takes longer is a hang */
 #define STATUS_WAIT_MS 15000 /* sidecar status reaches etcd within this */
-#define MAX_ARGV       32
 
 #define SIDECAR_ID "sales-sidecar-test-1"
 
 /* ------------------------------------------------------------------------ */
 /* running polisctl                                                         */
 
-typedef struct run_result {
-    int code; /* exit code; -1 when killed or not run */
-    char *out;
-    char *err;
-} run_result;
+typedef ctl_result run_result;
 
 static const char *workdir;
 static cpenv *cp;
@@ -53,93 +47,15 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-
-    if (f == NULL)
-        return strdup("");
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
-    if (buf && n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)
-        buf[0] = '\0';
-    fclose(f);
-    return buf ? buf : strdup("");
-}
-
 static void run_result_clear(run_result *r)
 {
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
+    ctl_result_clear(r);
 }
 
-/* Run polisctl with args (NULL-terminated), stdin from /dev/null and no
- * POLIS_SERVER in the environment.  No CUnit assertions: suite set-up uses
- * it too. */
+/* Run polisctl with args; no CUnit assertions: suite set-up uses it too. */
 static void run_capture(run_result *r, const char *const *args)
 {
-    char out_path[512], err_path[512];
-    const char *argv[MAX_ARGV + 2];
-    size_t n = 0;
-    double started;
-    pid_t pid;
-    int status = 0;
-
-    memset(r, 0, sizeof(*r));
-    r->code = -1;
-    argv[n++] = POLISCTL;
-    for (; args[n - 1] && n < MAX_ARGV; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    snprintf(out_path, sizeof(out_path), "%s/run.out", workdir);
-    snprintf(err_path, sizeof(err_path), "%s/run.err", workdir);
-    started = now_s();
-    pid = fork();
-    if (pid < 0) {
-        r->out = strdup("");
-        r->err = strdup("fork failed\n");
-        return;
-    }
-    if (pid == 0) {
-        int in = open("/dev/null", O_RDONLY);
-        int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-
-        if (in < 0 || out < 0 || err < 0)
-            _exit(127);
-        dup2(in, 0);
-        dup2(out, 1);
-        dup2(err, 2);
-        unsetenv("POLIS_SERVER");
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0 && errno != EINTR)
-            break;
-        if ((now_s() - started) * 1000 > RUN_LIMIT_MS) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            fprintf(stderr, "polisctl did not finish in %d ms\n", RUN_LIMIT_MS);
-            status = -1;
-            break;
-        }
-        usleep(2000);
-    }
-    r->code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r->out = slurp(out_path);
-    r->err = slurp(err_path);
-    if (getenv("POLIS_TEST_VERBOSE"))
-        fprintf(stderr, "\n$ polisctl %s ... -> %d\n%s%s", args[0], r->code,
-                r->out, r->err);
+    ctl_run(r, workdir, NULL, NULL, args);
 }
 
 static void run_argv(run_result *r, const char *const *args)
@@ -303,8 +219,8 @@ static int usage_init(void)
 {
     if (workdir == NULL)
         workdir = testenv_tmpdir("cli-check");
-    if (workdir == NULL || access(POLISCTL, X_OK) != 0) {
-        fprintf(stderr, "%s is not built\n", POLISCTL);
+    if (workdir == NULL || access(CTLRUN_POLISCTL, X_OK) != 0) {
+        fprintf(stderr, "%s is not built\n", CTLRUN_POLISCTL);
         return 1;
     }
     return 0;
@@ -314,14 +230,14 @@ static int usage_init(void)
  * (else prints what it said).  out (may be NULL) receives its stdout. */
 static bool setup_ctl(const char *const *args, char **out)
 {
-    const char *argv[MAX_ARGV];
+    const char *argv[CTLRUN_MAX_ARGV];
     run_result r;
     size_t n = 0;
     bool ok;
 
     argv[n++] = "--server";
     argv[n++] = cp->grpc_target;
-    for (size_t i = 0; args[i] && n + 1 < MAX_ARGV; i++)
+    for (size_t i = 0; args[i] && n + 1 < CTLRUN_MAX_ARGV; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
     run_capture(&r, argv);
