@@ -10,6 +10,7 @@
 #include "tests/support/pgenv.h"
 #include "tests/support/testenv.h"
 #include "tests/support/testutil.h"
+#include "tests/support/qresult.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -251,74 +252,7 @@ static int suite_cleanup(void)
 
 /* ---- running queries ---------------------------------------------------- */
 
-typedef struct result {
-    char *text;
-    size_t len, cap;
-    size_t rows;
-    polis_error err;
-    int rc;
-    sq_stats stats;
-} result;
-
-static void put(result *r, const char *s, size_t n)
-{
-    if (r->len + n + 1 > r->cap) {
-        r->cap = (r->len + n + 1) * 2;
-        r->text = realloc(r->text, r->cap);
-    }
-    memcpy(r->text + r->len, s, n);
-    r->len += n;
-    r->text[r->len] = '\0';
-}
-
-static int on_columns(void *ctx, size_t n, const char *const *names)
-{
-    result *r = ctx;
-
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            put(r, "|", 1);
-        put(r, names[i], strlen(names[i]));
-    }
-    put(r, "\n", 1);
-    return 0;
-}
-
-static int on_row(void *ctx, size_t n, const sq_value *v)
-{
-    result *r = ctx;
-    char num[64];
-
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            put(r, "|", 1);
-        switch (v[i].type) {
-        case SQ_INTEGER:
-            snprintf(num, sizeof(num), "%lld", (long long)v[i].i);
-            put(r, num, strlen(num));
-            break;
-        case SQ_REAL:
-            snprintf(num, sizeof(num), "%g", v[i].d);
-            put(r, num, strlen(num));
-            break;
-        case SQ_TEXT:
-            put(r, v[i].p, v[i].len);
-            break;
-        case SQ_BLOB:
-            for (size_t k = 0; k < v[i].len; k++) {
-                snprintf(num, sizeof(num), "%02x",
-                         ((const unsigned char *)v[i].p)[k]);
-                put(r, num, 2);
-            }
-            break;
-        default:
-            put(r, "NULL", 4);
-        }
-    }
-    put(r, "\n", 1);
-    r->rows++;
-    return 0;
-}
+typedef qr_result result;
 
 typedef struct who {
     const char *name;
@@ -339,13 +273,12 @@ static void run_on(const who *w, const char *product, const char *table,
     pol_expr_attr attr = {"region", false, w->region, NULL, 0};
     pol_request req = {0};
     pol_decision *d = pol_decision_new();
-    sq_sink sink = {on_columns, on_row, r};
+    sq_sink sink = qr_sink(r);
     sq_product prod = {table};
     pol_expr_request ereq = {NULL, product, "query"};
     pgq_conn *c = reuse;
 
-    memset(r, 0, sizeof(*r));
-    put(r, "", 0);
+    qr_init(r);
     req.subject.name = w->name;
     req.subject.groups = groups;
     req.subject.ngroups = 1;
@@ -377,23 +310,6 @@ static const char *const forbidden[] = {
     "secret", "corp.test", "4000", "777", "note-hidden", "us|", "apac", NULL,
 };
 
-static int leaks(const result *r)
-{
-    char *copy = strdup(r->text);
-    int found = 0;
-
-    for (char *p = copy; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
-    for (int i = 0; forbidden[i]; i++)
-        if (strstr(copy, forbidden[i]) != NULL) {
-            fprintf(stderr, "\nLEAK of \"%s\" in:\n%s\n", forbidden[i],
-                    r->text);
-            found = 1;
-        }
-    free(copy);
-    return found;
-}
-
 /* Answered, without a leak; returns the rows. */
 static long answered(const char *sql)
 {
@@ -404,7 +320,7 @@ static long answered(const char *sql)
     if (r.rc != 0)
         fprintf(stderr, "\n%s\n  -> rc %d: %s\n", sql, r.rc, r.err.message);
     CU_ASSERT_EQUAL(r.rc, 0);
-    CU_ASSERT_FALSE(leaks(&r));
+    CU_ASSERT_FALSE(qr_leaks(&r, forbidden));
     rows = r.rc == 0 ? (long)r.rows : -1;
     free(r.text);
     return rows;
@@ -421,7 +337,7 @@ static void expect_refused(const char *sql, int code, const char *msg)
     CU_ASSERT_EQUAL(r.rc, code);
     CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, msg));
     CU_ASSERT_EQUAL(r.rows, 0);
-    CU_ASSERT_FALSE(leaks(&r));
+    CU_ASSERT_FALSE(qr_leaks(&r, forbidden));
     free(r.text);
 }
 
@@ -663,7 +579,7 @@ static void test_other_views_are_empty(void)
     run_on(&analyst, "sales/orders", "orders", "SELECT * FROM orders", NULL,
            NULL, &r, conn);
     CU_ASSERT_EQUAL(r.rows, 4);
-    CU_ASSERT_FALSE(leaks(&r));
+    CU_ASSERT_FALSE(qr_leaks(&r, forbidden));
     free(r.text);
     pgq_close(conn);
 }
@@ -876,7 +792,7 @@ static void test_min_group_size_refuses_other_shapes(void)
         CU_ASSERT_EQUAL(r.rc, POLIS_EDENIED);
         CU_ASSERT_PTR_NOT_NULL(strstr(r.err.message, "at least 3"));
         CU_ASSERT_EQUAL(r.rows, 0);
-        CU_ASSERT_FALSE(leaks(&r));
+        CU_ASSERT_FALSE(qr_leaks(&r, forbidden));
         free(r.text);
     }
 }
@@ -989,7 +905,7 @@ static void test_connection_reuse(void)
            NULL, &r, c);
     CU_ASSERT_EQUAL(r.rc, 0);
     CU_ASSERT_EQUAL(r.rows, 4);
-    CU_ASSERT_FALSE(leaks(&r));
+    CU_ASSERT_FALSE(qr_leaks(&r, forbidden));
     free(r.text);
     pgq_close(c);
 }

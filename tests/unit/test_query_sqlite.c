@@ -9,6 +9,7 @@
 #include "sidecar/query_sqlite.h"
 #include "tests/support/testenv.h"
 #include "tests/support/testutil.h"
+#include "tests/support/qresult.h"
 
 #include <sqlite3.h>
 
@@ -154,76 +155,7 @@ static int suite_cleanup(void)
  */
 
 /* The result as text: "col|col\n" then one "v|v\n" per row. */
-typedef struct result {
-    char *text;
-    size_t len, cap;
-    size_t rows;
-    polis_error err;
-    int rc;
-    sq_stats stats;
-} result;
-
-static void put(result *r, const char *s, size_t n)
-{
-    if (r->len + n + 1 > r->cap) {
-        r->cap = (r->len + n + 1) * 2;
-        r->text = realloc(r->text, r->cap);
-    }
-    memcpy(r->text + r->len, s, n);
-    r->len += n;
-    r->text[r->len] = '\0';
-}
-
-static int on_columns(void *ctx, size_t n, const char *const *names)
-{
-    result *r = ctx;
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        if (i)
-            put(r, "|", 1);
-        put(r, names[i], strlen(names[i]));
-    }
-    put(r, "\n", 1);
-    return 0;
-}
-
-static int on_row(void *ctx, size_t n, const sq_value *v)
-{
-    result *r = ctx;
-    char num[64];
-    size_t i, k;
-
-    for (i = 0; i < n; i++) {
-        if (i)
-            put(r, "|", 1);
-        switch (v[i].type) {
-        case SQ_INTEGER:
-            snprintf(num, sizeof(num), "%lld", (long long)v[i].i);
-            put(r, num, strlen(num));
-            break;
-        case SQ_REAL:
-            snprintf(num, sizeof(num), "%g", v[i].d);
-            put(r, num, strlen(num));
-            break;
-        case SQ_TEXT:
-            put(r, v[i].p, v[i].len);
-            break;
-        case SQ_BLOB:
-            for (k = 0; k < v[i].len; k++) {
-                snprintf(num, sizeof(num), "%02x",
-                         ((const unsigned char *)v[i].p)[k]);
-                put(r, num, 2);
-            }
-            break;
-        default:
-            put(r, "NULL", 4);
-        }
-    }
-    put(r, "\n", 1);
-    r->rows++;
-    return 0;
-}
+typedef qr_result result;
 
 typedef struct who {
     const char *name;
@@ -241,13 +173,12 @@ static void run_full(const who *w, const char *sql, const json_t *params,
     pol_expr_attr attr = {"region", false, w->region, NULL, 0};
     pol_request req = {0};
     pol_decision *d = pol_decision_new();
-    sq_sink sink = {on_columns, on_row, r};
+    sq_sink sink = qr_sink(r);
     sq_product product = {"orders"};
     pol_expr_request ereq = {NULL, "sales/orders", "query"};
     sq_conn *c = NULL;
 
-    memset(r, 0, sizeof(*r));
-    put(r, "", 0);
+    qr_init(r);
     req.subject.name = w->name;
     req.subject.groups = groups;
     req.subject.ngroups = 1;
@@ -269,29 +200,6 @@ static void run(const char *sql, result *r)
     run_full(&analyst, sql, NULL, NULL, r);
 }
 
-static void lower(char *s)
-{
-    for (; *s; s++)
-        *s = (char)tolower((unsigned char)*s);
-}
-
-/* Nothing the analyst may not see is in the result. */
-static int leaks(const result *r)
-{
-    char *copy = strdup(r->text);
-    int i, found = 0;
-
-    lower(copy);
-    for (i = 0; forbidden[i]; i++)
-        if (strstr(copy, forbidden[i]) != NULL) {
-            fprintf(stderr, "\nLEAK of \"%s\" in:\n%s\n", forbidden[i],
-                    r->text);
-            found = 1;
-        }
-    free(copy);
-    return found;
-}
-
 /* Either refused, or answered without a leak; returns the rows (-1 when
  * refused). */
 static long trick(const char *sql)
@@ -304,7 +212,7 @@ static long trick(const char *sql)
         CU_ASSERT(r.rc == POLIS_EDENIED || r.rc == POLIS_EINVAL);
         rows = -1;
     } else {
-        CU_ASSERT_FALSE(leaks(&r));
+        CU_ASSERT_FALSE(qr_leaks(&r, forbidden));
         rows = (long)r.rows;
     }
     free(r.text);
@@ -661,12 +569,12 @@ static void test_connection_reused_across_subjects(void)
         pol_request req = {0};
         pol_decision *d = pol_decision_new();
         result r;
-        sq_sink sink = {NULL, on_row, &r};
+        sq_sink sink = qr_sink(&r);
         sq_product product = {"orders"};
         char expect[16];
 
-        memset(&r, 0, sizeof(r));
-        put(&r, "", 0);
+        qr_init(&r);
+        sink.columns = NULL; /* rows only */
         req.subject = (pol_expr_subject){seq[k]->name, groups, 1, &attr, 1};
         req.product = "sales/orders";
         req.port = POL_PORT_QUERY;
