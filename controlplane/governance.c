@@ -442,6 +442,21 @@ out:
 
 /* ---- Get, List, Delete, History ---- */
 
+/* The kind, name and scope naming one resource (Get, Delete, History):
+ * RPC_OK, or the status already answered. */
+static int check_resource_key(rpc_call *call, const char *kind_name,
+                              const char *name, const char *scope,
+                              res_kind *kind)
+{
+    int status = parse_kind(call, kind_name, false, kind);
+
+    if (status == RPC_OK)
+        status = check_request_name(call, "name", name, true);
+    if (status == RPC_OK)
+        status = check_request_name(call, "scope", scope, false);
+    return status;
+}
+
 static int get_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
 {
     cp_governance *g = ud;
@@ -453,11 +468,7 @@ static int get_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
     res_kind kind;
     int status;
 
-    status = parse_kind(call, req->kind, false, &kind);
-    if (status == RPC_OK)
-        status = check_request_name(call, "name", req->name, true);
-    if (status == RPC_OK)
-        status = check_request_name(call, "scope", req->scope, false);
+    status = check_resource_key(call, req->kind, req->name, req->scope, &kind);
     if (status == RPC_OK &&
         cp_store_get(g->store, res_kind_name(kind),
                      default_scope(kind, req->scope), req->name, &r, &err) != 0)
@@ -538,11 +549,7 @@ static int delete_on_start(rpc_call *call, const ProtobufCMessage *msg,
     int64_t owned = 0, policies = 0;
     int status;
 
-    status = parse_kind(call, req->kind, false, &kind);
-    if (status == RPC_OK)
-        status = check_request_name(call, "name", req->name, true);
-    if (status == RPC_OK)
-        status = check_request_name(call, "scope", req->scope, false);
+    status = check_resource_key(call, req->kind, req->name, req->scope, &kind);
     /* A domain goes last: its products and policies refer to it. */
     if (status == RPC_OK && kind == RES_DOMAIN) {
         if (cp_store_count(g->store, "DataProduct", req->name, &owned, &err) !=
@@ -588,11 +595,7 @@ static int history_on_start(rpc_call *call, const ProtobufCMessage *msg,
     res_kind kind;
     int status;
 
-    status = parse_kind(call, req->kind, false, &kind);
-    if (status == RPC_OK)
-        status = check_request_name(call, "name", req->name, true);
-    if (status == RPC_OK)
-        status = check_request_name(call, "scope", req->scope, false);
+    status = check_resource_key(call, req->kind, req->name, req->scope, &kind);
     if (status == RPC_OK &&
         cp_store_history(g->store, res_kind_name(kind),
                          default_scope(kind, req->scope), req->name, req->limit,
