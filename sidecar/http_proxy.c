@@ -62,6 +62,17 @@ typedef struct hp_ctx {
     bool failed, started, finished, paused;
     int status;
     uint64_t bytes;
+    /* A pooled connection the upstream closed while it sat idle fails the
+     * next request before any answer: such a request, when it is safe to
+     * send twice (idempotent, no body), is sent again once on a new
+     * connection.  What it takes to send it again: */
+    bool pooled;   /* uevcon came from the pool */
+    bool no_reuse; /* the upstream said Connection: close */
+    bool retried;
+    enum evhttp_cmd_type cmd;
+    char *target;                    /* NULL: not retryable */
+    struct evkeyvalq *hdrs;          /* the request headers as sent */
+    struct evhttp_connection *stale; /* the failed pooled connection */
 } hp_ctx;
 
 static const char *const hop_headers[] = {
@@ -207,10 +218,17 @@ static void ctx_free(hp_ctx *c)
     /* A connection is pooled only after a complete exchange: evhttp keeps
      * it open when the upstream allows keep-alive and reconnects on the
      * next request when it closed. */
-    if (c->uevcon && c->pool && c->reusable)
+    if (c->uevcon && c->pool && c->reusable && !c->no_reuse)
         pool_put(c->pool, c->host, c->port, c->uevcon);
     else if (c->uevcon)
         evhttp_connection_free(c->uevcon);
+    if (c->stale)
+        evhttp_connection_free(c->stale);
+    if (c->hdrs) {
+        evhttp_clear_headers(c->hdrs);
+        free(c->hdrs);
+    }
+    free(c->target);
     if (c->pause_ev)
         event_free(c->pause_ev);
     if (c->reap_ev)
@@ -306,6 +324,9 @@ static int on_headers(struct evhttp_request *ureq, void *arg)
     if (c->finished)
         return -1;
     c->status = evhttp_request_get_response_code(ureq);
+    /* evhttp itself only recognises "Connection: close" exactly. */
+    if (connection_names(in, "close"))
+        c->no_reuse = true;
     TAILQ_FOREACH(kv, in, next)
     if (end_to_end(in, kv->key))
         evhttp_add_header(out, kv->key, kv->value);
@@ -338,6 +359,40 @@ static void on_error(enum evhttp_request_error e, void *arg)
     c->uerr = e;
 }
 
+static void on_done(struct evhttp_request *ureq, void *arg);
+
+/* Send the saved request again on a new connection; false when it could
+ * not be sent (the caller answers 502). */
+static bool send_again(hp_ctx *c)
+{
+    struct evhttp_request *ureq;
+    struct evkeyval *kv;
+    struct timeval tv;
+
+    c->retried = true;
+    c->stale = c->uevcon; /* we are in its callback: freed with c */
+    c->pooled = false;
+    c->uevcon =
+        evhttp_connection_base_new(c->base, NULL, c->host, (uint16_t)c->port);
+    ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
+    if (ureq == NULL)
+        return false;
+    tv.tv_sec = c->timeout_ms / 1000;
+    tv.tv_usec = (c->timeout_ms % 1000) * 1000;
+    evhttp_connection_set_timeout_tv(c->uevcon, &tv);
+    evhttp_connection_set_retries(c->uevcon, 0);
+    evhttp_request_set_header_cb(ureq, on_headers);
+    evhttp_request_set_chunked_cb(ureq, on_chunk);
+    evhttp_request_set_error_cb(ureq, on_error);
+    TAILQ_FOREACH(kv, c->hdrs, next)
+    evhttp_add_header(evhttp_request_get_output_headers(ureq), kv->key,
+                      kv->value);
+    c->failed = false;
+    c->uerr = 0;
+    /* On failure evhttp_make_request frees ureq itself. */
+    return evhttp_make_request(c->uevcon, ureq, c->cmd, c->target) == 0;
+}
+
 static void on_done(struct evhttp_request *ureq, void *arg)
 {
     hp_ctx *c = arg;
@@ -354,6 +409,8 @@ static void on_done(struct evhttp_request *ureq, void *arg)
         evhttp_send_reply_end(c->req);
         return;
     }
+    if (!c->started && c->pooled && !c->retried && c->target && send_again(c))
+        return;
     if (!c->started) {
         /* libevent reports a refused connect as a timeout too: only a
          * failure that took the whole timeout is one. */
@@ -453,6 +510,27 @@ static void copy_request_headers(hp_ctx *c, struct evhttp_request *ureq,
     }
 }
 
+/* Keep what send_again needs (nothing is kept when memory is short: the
+ * request is then not retried). */
+static void save_for_retry(hp_ctx *c, struct evhttp_request *ureq,
+                           const char *target)
+{
+    struct evkeyval *kv;
+
+    c->hdrs = calloc(1, sizeof(*c->hdrs));
+    c->target = strdup(target);
+    if (c->hdrs == NULL || c->target == NULL) {
+        free(c->hdrs);
+        free(c->target);
+        c->hdrs = NULL;
+        c->target = NULL;
+        return;
+    }
+    TAILQ_INIT(c->hdrs);
+    TAILQ_FOREACH(kv, evhttp_request_get_output_headers(ureq), next)
+    evhttp_add_header(c->hdrs, kv->key, kv->value);
+}
+
 void hp_forward(struct event_base *base, hp_pool *pool,
                 struct evhttp_request *req, const char *upstream,
                 const char *rest, const hp_identity *id, int timeout_ms,
@@ -499,6 +577,7 @@ void hp_forward(struct event_base *base, hp_pool *pool,
     snprintf(c->host, sizeof(c->host), "%s", host);
     c->port = port;
     c->uevcon = pool_get(pool, c->host, port);
+    c->pooled = c->uevcon != NULL;
     if (c->uevcon == NULL)
         c->uevcon =
             evhttp_connection_base_new(base, NULL, host, (uint16_t)port);
@@ -521,6 +600,13 @@ void hp_forward(struct event_base *base, hp_pool *pool,
                           "Content-Length", n);
         evbuffer_add_buffer(evhttp_request_get_output_buffer(ureq), body);
     }
+    c->cmd = cmd;
+    if (c->pooled &&
+        evbuffer_get_length(evhttp_request_get_output_buffer(ureq)) == 0 &&
+        (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD ||
+         cmd == EVHTTP_REQ_OPTIONS || cmd == EVHTTP_REQ_DELETE ||
+         cmd == EVHTTP_REQ_TRACE))
+        save_for_retry(c, ureq, target);
     evhttp_uri_free(up);
     up = NULL;
     /* While we wait for the upstream, the client's connection must not

@@ -155,6 +155,14 @@ static void *up_conn(void *arg)
         send_all(fd, head, strlen(head));
         send_all(fd, part, sizeof(part));
         sleep_ms(100);
+    } else if (strncmp(path, "/base/silent-close", 18) == 0) {
+        /* Keep-alive as far as the headers say, but the next request on
+         * the connection is never answered: it is closed 100 ms later,
+         * as an upstream's idle timeout closes a pooled connection. */
+        static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                   "Content-Type: text/plain\r\n\r\nok";
+        send_all(fd, resp, strlen(resp));
+        sleep_ms(100);
     } else if (strncmp(path, "/base/garbage", 13) == 0) {
         send_all(fd, "SPEAKING NONSENSE\r\n\r\n", 21);
         sleep_ms(50);
@@ -861,6 +869,27 @@ static void test_keep_alive(void)
     curl_easy_cleanup(h);
 }
 
+/* An upstream that closes connections the sidecar keeps for the next
+ * request: a request that fails on such a connection before any answer is
+ * sent again on a new one when that is safe (GET), so the client never sees
+ * the stale connection. */
+static void test_stale_pooled_connection(void)
+{
+    body b = {0};
+    int ok = 0;
+
+    for (int i = 0; i < 10; i++) {
+        long st = http(NULL, "/v1/products/sales/api/http/silent-close", ALICE,
+                       NULL, &b, NULL);
+        ok += st == 200;
+        if (st != 200)
+            fprintf(stderr, "\nrequest %d: %ld\n", i, st);
+        free(b.data);
+        memset(&b, 0, sizeof(b));
+    }
+    CU_ASSERT_EQUAL(ok, 10);
+}
+
 /* Clients that go away — mid-body, or while the upstream is still silent —
  * end the upstream exchange; the sidecar serves on (and clean_exit checks
  * that nothing leaked). */
@@ -920,6 +949,7 @@ static const test_case cases[] = {
     {"access_records", test_access_records},
     {"bad_upstream_and_big_request", test_bad_upstream_and_big_request},
     {"keep_alive", test_keep_alive},
+    {"stale_pooled_connection", test_stale_pooled_connection},
     {"upstream_stalls_mid_body", test_upstream_stalls_mid_body},
     {"client_hangs_up", test_client_hangs_up},
     {"clean_exit", test_clean_exit},
