@@ -138,6 +138,24 @@ static void sse_close(sse *s)
     free(s);
 }
 
+/*
+ * Wait until the sidecar holds no event stream.  It learns of a hang-up
+ * only when it reads EOF, a moment after close(); a test that ends its
+ * streams calls this so the next one starts with every place free (the
+ * sidecar here allows only 3).
+ */
+static void streams_settle(void)
+{
+    int64_t until = mono_ms() + 5000;
+    double streams = -1;
+
+    while (sidecarenv_metric(sc, "polis_sidecar_event_streams", &streams) ==
+               0 &&
+           streams > 0 && mono_ms() < until)
+        usleep(10 * 1000);
+    CU_ASSERT_EQUAL(streams, 0);
+}
+
 /* Read more into the buffer: 1, 0 on timeout, -1 at the end. */
 static int sse_fill(sse *s, int timeout_ms)
 {
@@ -538,6 +556,7 @@ static void test_two_consumers(void)
     sse_close(alice);
     sse_close(bob);
     sse_close(audra);
+    streams_settle();
 }
 
 /* A long run of events a consumer's filters leave out does not hold back
@@ -566,6 +585,7 @@ static void test_filtered_run(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(ev.data, "\"order_id\":7600"));
     free(body);
     sse_close(alice);
+    streams_settle();
 }
 
 static void test_resume(void)
@@ -606,6 +626,7 @@ static void test_resume(void)
     CU_ASSERT_EQUAL(rest[4].id, first + 19);
     CU_ASSERT_EQUAL(sse_next(s, 300, &extra), 0);
     sse_close(s);
+    streams_settle();
 }
 
 static void test_policy_change(void)
@@ -660,6 +681,7 @@ static void test_policy_change(void)
     sse_close(audra2);
     rev = gc_apply(gov, policy_doc);
     CU_ASSERT(rev > 0 && wait_revision(rev) == 0);
+    streams_settle();
 }
 
 /* ~1 KiB events for the bulk port. */
@@ -783,6 +805,7 @@ static void test_slow_consumer(void)
     expect(NULL, BULK "?from=0", AUDRA, NULL, NULL, 410, "no longer retained");
     sse_close(slow);
     sse_close(fast.s);
+    streams_settle();
 }
 
 /* ---- kill -9 mid publish burst ------------------------------------------ */
@@ -916,6 +939,7 @@ static void test_kill9_mid_burst(void)
     free(log);
     /* The restarted sidecar takes publishes again. */
     CU_ASSERT(publish_orders(5000, 2) >= 0);
+    streams_settle();
 }
 
 /* Streams are bounded: one more is a 503 with Retry-After, and a stream
@@ -942,6 +966,7 @@ static void test_consumer_bound(void)
     sse_close(extra);
     sse_close(s[1]);
     sse_close(s[2]);
+    streams_settle();
 }
 
 /* SIGTERM with consumers connected: a clean exit (status 0; under the
