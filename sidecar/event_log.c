@@ -462,15 +462,59 @@ int sc_event_log_retain(sc_event_log *log, size_t *removed, polis_error *err)
     return rc;
 }
 
+/* Defined with the flusher below. */
+static void *flusher_main(void *arg);
+
+int sc_event_log_configure(sc_event_log *log, const sc_event_log_options *opts,
+                           polis_error *err)
+{
+    int rc = 0;
+
+    if (opts->fsync > SC_EVENT_FSYNC_NEVER || opts->retention_ms < 0)
+        return polis_error_set(err, POLIS_EINVAL, log->dir,
+                               "bad event log options (fsync %d, retention "
+                               "%" PRId64 " ms)",
+                               (int)opts->fsync, opts->retention_ms);
+    pthread_mutex_lock(&log->mu);
+    if (opts->fsync == SC_EVENT_FSYNC_BATCH && !log->has_flusher) {
+        if (pthread_create(&log->flusher, NULL, flusher_main, log) != 0) {
+            rc = polis_error_set(err, POLIS_EINTERNAL, log->dir,
+                                 "cannot start the flusher thread");
+            goto out;
+        }
+        log->has_flusher = true;
+    }
+    /* Leaving BATCH, the flusher stays: it still fsyncs and answers the
+     * asynchronous appends already waiting. */
+    log->opts.fsync = opts->fsync;
+    log->opts.segment_bytes =
+        opts->segment_bytes ? opts->segment_bytes : 64u * 1024 * 1024;
+    log->opts.retention_bytes = opts->retention_bytes;
+    log->opts.retention_ms = opts->retention_ms;
+    if (!log->closing)
+        rc = retain_locked(log, NULL, err);
+out:
+    pthread_mutex_unlock(&log->mu);
+    return rc;
+}
+
 /* ---- fsync ---- */
+
+/* Lock held: the log can no longer be trusted.  Wake synchronous appenders
+ * (durable_cv) and the flusher, which fails the asynchronous ones. */
+static void fail_locked(sc_event_log *log)
+{
+    log->failed = true;
+    pthread_cond_broadcast(&log->durable_cv);
+    pthread_cond_signal(&log->dirty_cv);
+}
 
 /* Lock held: the fsync itself is cheap to serialise in ALWAYS mode. */
 static int fsync_active_locked(sc_event_log *log, polis_error *err)
 {
     el_segment *s = &log->segs[log->nsegs - 1];
     if (fsync(s->fd) != 0) {
-        log->failed = true;
-        pthread_cond_broadcast(&log->durable_cv);
+        fail_locked(log);
         return io_error(err, log, "fsync", s->base);
     }
     log->fsyncs++;
@@ -520,7 +564,23 @@ static void *flusher_main(void *arg)
 
     pthread_mutex_lock(&log->mu);
     for (;;) {
-        bool dirty = log->written_next > log->durable_next && !log->failed;
+        /* Waiters with nothing left to write: appended in BATCH mode before
+         * a switch to ALWAYS or NEVER made later records durable at once.
+         * They still take one fsync (cheap) before they are told. */
+        bool dirty = !log->failed && (log->written_next > log->durable_next ||
+                                      log->waiters != NULL);
+        if (log->failed && log->waiters) {
+            /* Failed outside the flusher (a roll or an ALWAYS append). */
+            el_waiter *all = take_waiters(log, true);
+            log->resolving++;
+            pthread_mutex_unlock(&log->mu);
+            resolve_waiters(log, all, POLIS_EIO,
+                            "fsync failed; the events may be lost");
+            pthread_mutex_lock(&log->mu);
+            log->resolving--;
+            pthread_cond_broadcast(&log->durable_cv);
+            continue;
+        }
         if (!dirty) {
             if (log->stop_flusher)
                 break;
@@ -745,8 +805,7 @@ static int roll_locked(sc_event_log *log, polis_error *err)
            checked, so they must be whole on disk before a newer one
            exists. */
         if (fsync(s->fd) != 0) {
-            log->failed = true;
-            pthread_cond_broadcast(&log->durable_cv);
+            fail_locked(log);
             return io_error(err, log, "fsync", s->base);
         }
         log->fsyncs++;
@@ -816,6 +875,11 @@ static int append(sc_event_log *log, const sc_event *events, size_t n,
                              "refuses appends until it is reopened");
         goto out;
     }
+    if (queued && !waiter && log->opts.fsync == SC_EVENT_FSYNC_BATCH) {
+        rc = polis_error_set(err, POLIS_EINVAL, log->dir,
+                             "an asynchronous append needs a callback");
+        goto out;
+    }
     el_segment *s = &log->segs[log->nsegs - 1];
     if (s->size > 0 && s->size + total > log->opts.segment_bytes) {
         rc = roll_locked(log, err);
@@ -857,7 +921,7 @@ static int append(sc_event_log *log, const sc_event *events, size_t n,
             /* Undo the partial write so that the next record lands where
                readers and recovery expect it. */
             if (ftruncate(s->fd, (off_t)old_size) != 0)
-                log->failed = true;
+                fail_locked(log);
             goto out;
         }
         done += (uint64_t)w;
@@ -927,10 +991,9 @@ int sc_event_log_append_async(sc_event_log *log, const sc_event *events,
     int rc;
 
     *pending = false;
-    if (log->opts.fsync == SC_EVENT_FSYNC_BATCH) {
-        if (done == NULL)
-            return polis_error_set(err, POLIS_EINVAL, log->dir,
-                                   "an asynchronous append needs a callback");
+    /* The fsync mode may change under us (sc_event_log_configure): append
+     * decides, under the lock, whether the waiter is needed. */
+    if (done != NULL) {
         if ((w = calloc(1, sizeof(*w))) == NULL)
             return polis_error_set(err, POLIS_ENOMEM, log->dir, "no memory");
         w->done = done;

@@ -185,6 +185,19 @@ int sc_event_log_wait(sc_event_log *log, uint64_t offset, int timeout_ms,
  */
 int sc_event_log_retain(sc_event_log *log, size_t *removed, polis_error *err);
 
+/*
+ * Change an open log's fsync, segment_bytes, retention_bytes and
+ * retention_ms to those of opts (its other fields are ignored), then apply
+ * retention at once: a port's settings change while it is in use.  Appends
+ * already waiting for a BATCH fsync are still answered after a switch to
+ * ALWAYS or NEVER; a new segment size applies from the next roll.
+ * POLIS_EINVAL for bad values, POLIS_EINTERNAL when the flusher thread a
+ * switch to BATCH needs cannot start (nothing changed then), POLIS_EIO
+ * from retention.  Thread-safe.
+ */
+int sc_event_log_configure(sc_event_log *log, const sc_event_log_options *opts,
+                           polis_error *err);
+
 /* Current figures.  Thread-safe. */
 void sc_event_log_stats_get(sc_event_log *log, sc_event_log_stats *out);
 

@@ -23,6 +23,7 @@
 typedef struct open_log {
     char key[2 * POL_MAX_NAME + 66]; /* "domain/product/port" */
     sc_event_log *log;
+    sc_event_log_options applied; /* the port's settings in force */
 } open_log;
 
 struct sc_events {
@@ -194,14 +195,46 @@ static int port_fsync(const json_t *port_doc, sc_event_fsync *out)
     return 0;
 }
 
+/* The log settings a port asks for: its own, else the sidecar's. */
+static int port_settings(const sc_events *ev, const json_t *port_doc,
+                         sc_event_log_options *lo)
+{
+    const json_t *rb = json_object_get(port_doc, "retentionBytes");
+    const json_t *rh = json_object_get(port_doc, "retentionHours");
+
+    if (port_fsync(port_doc, &lo->fsync) != 0)
+        return -1;
+    lo->retention_bytes = json_is_integer(rb) && json_integer_value(rb) > 0
+                              ? (uint64_t)json_integer_value(rb)
+                              : ev->o.retention_bytes;
+    lo->retention_ms = json_is_integer(rh) && json_integer_value(rh) > 0
+                           ? (int64_t)json_integer_value(rh) * 3600 * 1000
+                           : ev->o.retention_ms;
+    /* Segments a sixteenth of the retention (64 KiB to 64 MiB): retention
+     * drops whole segments, so the log keeps between 15/16 of the bound
+     * and the bound plus the active segment. */
+    lo->segment_bytes = lo->retention_bytes / 16;
+    if (lo->segment_bytes < 64 * 1024)
+        lo->segment_bytes = 64 * 1024;
+    if (lo->segment_bytes > 64 * 1024 * 1024)
+        lo->segment_bytes = 64 * 1024 * 1024;
+    return 0;
+}
+
+static bool same_settings(const sc_event_log_options *a,
+                          const sc_event_log_options *b)
+{
+    return a->fsync == b->fsync && a->retention_bytes == b->retention_bytes &&
+           a->retention_ms == b->retention_ms &&
+           a->segment_bytes == b->segment_bytes;
+}
+
 int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
                   sc_event_log **log, polis_error *err)
 {
     const char *port = json_string_value(json_object_get(port_doc, "name"));
-    const json_t *rb = json_object_get(port_doc, "retentionBytes");
-    const json_t *rh = json_object_get(port_doc, "retentionHours");
     const char *slash = strchr(product, '/');
-    sc_event_log_options lo = {0};
+    sc_event_log_options want = {0}, lo;
     char key[sizeof(ev->logs[0].key)], path[4096];
     int rc = 0;
 
@@ -212,15 +245,24 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
     if ((size_t)snprintf(key, sizeof(key), "%s/%s", product, port) >=
         sizeof(key))
         return polis_error_set(err, POLIS_ETOOBIG, product, "name too long");
-    if (port_fsync(port_doc, &lo.fsync) != 0)
+    if (port_settings(ev, port_doc, &want) != 0)
         return polis_error_set(err, POLIS_EINVAL, key, "unknown fsync mode");
     pthread_mutex_lock(&ev->mu);
     for (size_t i = 0; i < ev->nlogs; i++) {
-        if (strcmp(ev->logs[i].key, key) == 0) {
-            *log = ev->logs[i].log;
-            pthread_mutex_unlock(&ev->mu);
-            return 0;
+        open_log *ol = &ev->logs[i];
+        if (strcmp(ol->key, key) != 0)
+            continue;
+        /* The port changed in a new snapshot: in force from this request
+         * on.  Should that fail, the log keeps its settings and serves. */
+        if (!same_settings(&ol->applied, &want)) {
+            polis_error ignored = {0};
+            if (sc_event_log_configure(ol->log, &want, &ignored) == 0 ||
+                ignored.code == POLIS_EIO)
+                ol->applied = want;
         }
+        *log = ol->log;
+        pthread_mutex_unlock(&ev->mu);
+        return 0;
     }
     if (ev->stopping) {
         rc = polis_error_set(err, POLIS_ECANCELED, key, "shutting down");
@@ -244,22 +286,9 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
     if ((rc = make_dir(path, err)) != 0)
         goto out;
     snprintf(path, sizeof(path), "%s/%s", ev->dir, key);
+    lo = want;
     lo.dir = path;
     lo.batch_interval_ms = ev->o.batch_interval_ms;
-    lo.retention_bytes = json_is_integer(rb) && json_integer_value(rb) > 0
-                             ? (uint64_t)json_integer_value(rb)
-                             : ev->o.retention_bytes;
-    lo.retention_ms = json_is_integer(rh) && json_integer_value(rh) > 0
-                          ? (int64_t)json_integer_value(rh) * 3600 * 1000
-                          : ev->o.retention_ms;
-    /* Segments a sixteenth of the retention (64 KiB to 64 MiB): retention
-     * drops whole segments, so the log keeps between 15/16 of the bound
-     * and the bound plus the active segment. */
-    lo.segment_bytes = lo.retention_bytes / 16;
-    if (lo.segment_bytes < 64 * 1024)
-        lo.segment_bytes = 64 * 1024;
-    if (lo.segment_bytes > 64 * 1024 * 1024)
-        lo.segment_bytes = 64 * 1024 * 1024;
     lo.on_visible = log_visible;
     lo.on_visible_ctx = ev;
     if (ev->m_fsyncs) {
@@ -268,8 +297,10 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
     }
     rc = sc_event_log_open(&lo, log, err);
     if (rc == 0) {
-        snprintf(ev->logs[ev->nlogs].key, sizeof(key), "%s", key);
-        ev->logs[ev->nlogs++].log = *log;
+        open_log *ol = &ev->logs[ev->nlogs++];
+        snprintf(ol->key, sizeof(key), "%s", key);
+        ol->log = *log;
+        ol->applied = want;
     }
 out:
     pthread_mutex_unlock(&ev->mu);

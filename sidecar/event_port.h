@@ -69,8 +69,9 @@ void sc_events_set_listener(sc_events *ev, void (*fn)(void *ctx), void *ctx);
 /*
  * The log of `product`'s ("domain/name") event port `port_doc` (a port of
  * type event of the DataProduct), opened on first use with the port's
- * fsync and retention settings; later setting changes apply when the
- * sidecar restarts.  *log is borrowed until sc_events_free.  Thread-safe.
+ * fsync and retention settings; when port_doc's settings differ from those
+ * in force (a new snapshot changed them), they are applied to the open log
+ * first.  *log is borrowed until sc_events_free.  Thread-safe.
  */
 int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
                   sc_event_log **log, polis_error *err);

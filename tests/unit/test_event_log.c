@@ -1024,6 +1024,125 @@ static void test_async_always_is_durable_on_return(void)
     sc_event_log_free(log);
 }
 
+/* A port's retention changed while its log is open: in force at once. */
+static void test_configure_retention(void)
+{
+    sc_event_log_options o = {.dir = fresh_dir("configure-ret"),
+                              .fsync = SC_EVENT_FSYNC_NEVER,
+                              .segment_bytes = 1000};
+    sc_event_log *log = open_opts(&o);
+    sc_event_log_stats st;
+    polis_error err = {0};
+    char buf[128];
+
+    for (int i = 0; i < 100; i++) {
+        snprintf(buf, sizeof(buf), "%080d", i); /* 104 bytes a record */
+        CU_ASSERT_EQUAL(append_str(log, buf, NULL), 0);
+    }
+    sc_event_log_stats_get(log, &st);
+    CU_ASSERT_EQUAL(st.start_offset, 0); /* no bound yet: all kept */
+    o.retention_bytes = 3000;
+    CU_ASSERT_EQUAL(sc_event_log_configure(log, &o, &err), 0);
+    sc_event_log_stats_get(log, &st);
+    CU_ASSERT(st.bytes <= 3000 + 1000);
+    CU_ASSERT(st.start_offset > 50);
+    CU_ASSERT_EQUAL(count_segment_files(o.dir), st.segments);
+    /* Bad values change nothing. */
+    o.retention_ms = -1;
+    CU_ASSERT_EQUAL(sc_event_log_configure(log, &o, &err), POLIS_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "retention -1 ms"));
+    sc_event_log_free(log);
+}
+
+/* Asynchronous appends waiting for a batch fsync are answered after a
+ * switch to ALWAYS, and a switch back to BATCH starts the flusher. */
+static void test_configure_fsync_modes(void)
+{
+    fsync_probe probe = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    async_done d = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                    .cv = PTHREAD_COND_INITIALIZER};
+    /* A long batch interval keeps the second append waiting. */
+    sc_event_log_options o = {.dir = fresh_dir("configure-fsync"),
+                              .fsync = SC_EVENT_FSYNC_BATCH,
+                              .batch_interval_ms = 1500,
+                              .on_fsync = probe_hook,
+                              .on_fsync_ctx = &probe};
+    sc_event_log *log = open_opts(&o);
+    sc_event ev = {"x", 1};
+    polis_error err = {0};
+    bool pending = false;
+    struct timespec at;
+
+    /* The first append's fsync starts the interval; the next two wait. */
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, async_cb, &d,
+                                                  NULL, &pending, &err),
+                        0);
+        CU_ASSERT(pending);
+        clock_gettime(CLOCK_REALTIME, &at);
+        at.tv_sec += 10;
+        pthread_mutex_lock(&d.mu);
+        while (i == 0 && d.calls < 1 &&
+               pthread_cond_timedwait(&d.cv, &d.mu, &at) != ETIMEDOUT)
+            ;
+        pthread_mutex_unlock(&d.mu);
+    }
+    CU_ASSERT_EQUAL(d.calls, 1);
+    o.fsync = SC_EVENT_FSYNC_ALWAYS;
+    CU_ASSERT_EQUAL(sc_event_log_configure(log, &o, &err), 0);
+    /* Now durable on return, no callback... */
+    pending = true;
+    CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, async_cb, &d, NULL,
+                                              &pending, &err),
+                    0);
+    CU_ASSERT(!pending);
+    /* ...and the two from before are told, once each. */
+    clock_gettime(CLOCK_REALTIME, &at);
+    at.tv_sec += 10;
+    pthread_mutex_lock(&d.mu);
+    while (d.calls < 3 &&
+           pthread_cond_timedwait(&d.cv, &d.mu, &at) != ETIMEDOUT)
+        ;
+    pthread_mutex_unlock(&d.mu);
+    CU_ASSERT_EQUAL(d.calls, 3);
+    CU_ASSERT_EQUAL(d.ok, 3);
+    sc_event_log_free(log);
+
+    /* Opened in NEVER (no flusher), switched to BATCH: appends are acked
+     * through the flusher it starts. */
+    memset(&d, 0, sizeof(d));
+    pthread_mutex_init(&d.mu, NULL);
+    pthread_cond_init(&d.cv, NULL);
+    o.fsync = SC_EVENT_FSYNC_NEVER;
+    o.batch_interval_ms = 0;
+    log = open_opts(&o);
+    o.fsync = SC_EVENT_FSYNC_BATCH;
+    CU_ASSERT_EQUAL(sc_event_log_configure(log, &o, &err), 0);
+    CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, async_cb, &d, NULL,
+                                              &pending, &err),
+                    0);
+    CU_ASSERT(pending);
+    clock_gettime(CLOCK_REALTIME, &at);
+    at.tv_sec += 10;
+    pthread_mutex_lock(&d.mu);
+    while (d.calls < 1 &&
+           pthread_cond_timedwait(&d.cv, &d.mu, &at) != ETIMEDOUT)
+        ;
+    pthread_mutex_unlock(&d.mu);
+    CU_ASSERT_EQUAL(d.ok, 1);
+    /* Without a callback an asynchronous append in BATCH is refused, and
+     * nothing is written. */
+    CU_ASSERT_EQUAL(sc_event_log_append_async(log, &ev, 1, NULL, NULL, NULL,
+                                              &pending, &err),
+                    POLIS_EINVAL);
+    {
+        sc_event_log_stats st;
+        sc_event_log_stats_get(log, &st);
+        CU_ASSERT_EQUAL(st.next_offset, 5);
+    }
+    sc_event_log_free(log);
+}
+
 static const test_case event_log_cases[] = {
     {"round_trip_across_rolls", test_round_trip_across_rolls},
     {"offsets_continue_after_reopen", test_offsets_continue_after_reopen},
@@ -1046,6 +1165,8 @@ static const test_case event_log_cases[] = {
     {"bounds_and_errors", test_bounds_and_errors},
     {"waiter_woken_by_append", test_waiter_woken_by_append},
     {"async_batch_shares_fsyncs", test_async_batch_shares_fsyncs},
+    {"configure_retention", test_configure_retention},
+    {"configure_fsync_modes", test_configure_fsync_modes},
     {"async_always_is_durable_on_return",
      test_async_always_is_durable_on_return},
     {NULL, NULL},
