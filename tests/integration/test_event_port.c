@@ -969,6 +969,95 @@ static void test_consumer_bound(void)
     streams_settle();
 }
 
+/* `doc` with its first `from` replaced by `to` (malloc'd). */
+static char *doc_with(const char *doc, const char *from, const char *to)
+{
+    const char *at = strstr(doc, from);
+    size_t n = strlen(doc) - strlen(from) + strlen(to) + 1;
+    char *out = malloc(n);
+
+    if (at == NULL || out == NULL) {
+        free(out);
+        return NULL;
+    }
+    snprintf(out, n, "%.*s%s%s", (int)(at - doc), doc, to, at + strlen(from));
+    return out;
+}
+
+static double fsyncs_now(void)
+{
+    double v = -1;
+
+    sidecarenv_metric(sc, "polis_sidecar_event_fsyncs_total", &v);
+    return v;
+}
+
+/* Where the bulk log starts, from the 410 of ?from=0 (-1: not a 410). */
+static long long bulk_start(void)
+{
+    char url[512];
+    gc_response r;
+    json_t *ans;
+    long long start = -1;
+
+    snprintf(url, sizeof(url), "%s" BULK "?from=0", sc->http_url);
+    if (gc_http(NULL, url, AUDRA, NULL, NULL, 10000, &r) == 410 &&
+        (ans = gc_response_json(&r)) != NULL) {
+        start = json_integer_value(json_object_get(ans, "start"));
+        json_decref(ans);
+    }
+    gc_response_free(&r);
+    return start;
+}
+
+static void apply_and_wait(const char *doc)
+{
+    int64_t rev = doc ? gc_apply(gov, doc) : -1;
+
+    CU_ASSERT_FATAL(rev > 0 && wait_revision(rev) == 0);
+}
+
+/* A port's fsync and retention changed by the council apply to the open
+ * log with its next publish, without a restart. */
+static void test_port_settings_change(void)
+{
+    char *never = doc_with(orders_doc, "\"batch\"", "\"never\"");
+    char *always = doc_with(orders_doc, "\"batch\"", "\"always\"");
+    char *small = doc_with(bulk_doc, "1048576", "131072");
+    char *body = bulk_body(900000, 1);
+    double f0, f1;
+    long long start0, start1;
+
+    CU_ASSERT_FATAL(never && always && small && body);
+    apply_and_wait(never);
+    f0 = fsyncs_now();
+    for (int i = 0; i < 3; i++)
+        CU_ASSERT(publish_orders(8000 + i, 1) >= 0);
+    CU_ASSERT_EQUAL(fsyncs_now(), f0); /* never: no fsync at all */
+    apply_and_wait(always);
+    f1 = fsyncs_now();
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT(publish_orders(8010 + i, 1) >= 0);
+    CU_ASSERT_EQUAL(fsyncs_now(), f1 + 2); /* always: one per publish */
+    apply_and_wait(orders_doc);
+
+    /* bulk keeps ~1 MiB; at 128 KiB the oldest segments go at once. */
+    start0 = bulk_start();
+    CU_ASSERT(start0 > 0);
+    apply_and_wait(small);
+    CU_ASSERT_EQUAL(post(BULK, SERVICE, body, NULL), 200);
+    start1 = bulk_start();
+    printf("\n    bulk log start %lld -> %lld at 1 MiB -> 128 KiB retention\n",
+           start0, start1);
+    /* ~1 KiB events: about 900 fewer kept. */
+    CU_ASSERT(start1 > start0 + 700);
+    apply_and_wait(bulk_doc);
+    free(never);
+    free(always);
+    free(small);
+    free(body);
+}
+
 /* SIGTERM with consumers connected: a clean exit (status 0; under the
  * sanitizers, no leak and no error either). */
 static void test_clean_stop(void)
@@ -998,6 +1087,7 @@ static const test_case cases[] = {
     {"slow consumer", test_slow_consumer},
     {"kill -9 mid publish burst", test_kill9_mid_burst},
     {"at most --event-max-consumers streams", test_consumer_bound},
+    {"port settings change without a restart", test_port_settings_change},
     {"clean stop with consumers connected", test_clean_stop},
     {NULL, NULL},
 };
