@@ -366,7 +366,7 @@ static void test_version(void)
 /* A port nothing listens on: connection refused. */
 static void refused_addr(char *buf, size_t len)
 {
-    snprintf(buf, len, "127.0.0.1:%d", testenv_free_port());
+    snprintf(buf, len, "127.0.0.1:%d", testenv_refused_port());
 }
 
 /*
@@ -520,7 +520,10 @@ static int server_init(void)
         return 1;
     grpc_port = testenv_free_port();
     admin_port = testenv_free_port();
-    if (grpc_port < 0 || admin_port < 0)
+    /* Two calls may return the same port when nothing bound in between. */
+    for (int i = 0; i < 20 && admin_port == grpc_port; i++)
+        admin_port = testenv_free_port();
+    if (grpc_port < 0 || admin_port < 0 || admin_port == grpc_port)
         return 1;
     snprintf(grpc, sizeof(grpc), "127.0.0.1:%d", grpc_port);
     snprintf(admin, sizeof(admin), "127.0.0.1:%d", admin_port);

@@ -645,7 +645,7 @@ static void test_check_unknown_principal(void)
 static void test_check_unreachable_server(void)
 {
     run_result r;
-    int port = testenv_free_port();
+    int port = testenv_refused_port();
     char addr[64];
 
     CU_ASSERT_FATAL(port > 0);

@@ -250,7 +250,7 @@ static int suite_init(void)
         gc_apply_principal(gov, "bob", "analysts", "US", BOB) <= 0 ||
         gc_apply(gov, policy_doc) < 0 ||
         apply_bad("unsafe", pgenv_port(pg), "postgres") ||
-        apply_bad("down", testenv_free_port(), "polis_query"))
+        apply_bad("down", testenv_refused_port(), "polis_query"))
         goto fail;
     sc_args[1] = root;
     so.controlplane = cp->grpc_target;

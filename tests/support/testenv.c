@@ -179,6 +179,28 @@ int testenv_free_port(void)
     return proc_free_port(NULL);
 }
 
+int testenv_refused_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -1;
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        close(fd);
+        return -1;
+    }
+    /* The descriptor is left open on purpose until exit: a bound socket
+     * that does not listen answers connects with a refusal and keeps the
+     * port from being bound by anyone else. */
+    return ntohs(sa.sin_port);
+}
+
 static char **build_env(const char *const env_add[])
 {
     size_t n_env = 0, n_add = 0, n = 0;

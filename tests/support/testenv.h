@@ -27,6 +27,14 @@ int testenv_rmrf(const char *path);
 /* A TCP port that was free on 127.0.0.1 a moment ago; -1 on failure. */
 int testenv_free_port(void);
 
+/*
+ * A TCP port on 127.0.0.1 where a connection is refused, for as long as the
+ * test program runs: the port stays bound (never listening) by a socket
+ * held until exit, so that no test running beside this one can be handed
+ * it as a free port and start listening there.  -1 on failure.
+ */
+int testenv_refused_port(void);
+
 typedef struct testenv_proc testenv_proc;
 
 /*
