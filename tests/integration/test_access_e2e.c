@@ -36,7 +36,10 @@
 /* The subscriber sends every 2 s; listing waits allow a few intervals. */
 #define LIST_WAIT_MS 10000
 /* Reconnect backoff after the sidecar restart, then the replay. */
-#define REPLAY_WAIT_MS 20000
+#define REPLAY_WAIT_MS 30000
+/* The spool is written within a backoff pause (or one 2 s interval) and
+ * emptied on the ack; a bound, generous for ASan on a loaded machine. */
+#define SPOOL_WAIT_MS 15000
 
 static cpenv *cp;
 static rpc_channel *gov;
@@ -458,7 +461,7 @@ static void test_replayed_after_outage(void)
 
     /* Acked: the spool empties.  Then give a resend two more intervals to
      * show up: it must not. */
-    for (t0 = now_ms(); spooled_records() > 0 && now_ms() - t0 < 5000;)
+    for (t0 = now_ms(); spooled_records() > 0 && now_ms() - t0 < SPOOL_WAIT_MS;)
         nap_ms(100);
     CU_ASSERT_EQUAL(spooled_records(), 0);
     nap_ms(4500);
@@ -494,7 +497,7 @@ static void test_spooled_before_crash(void)
     CU_ASSERT_EQUAL_FATAL(cpenv_stop_controlplane(cp, 5000), 0);
     CU_ASSERT_EQUAL(query(BOB, "crash"), 200);
     CU_ASSERT_EQUAL(query(EVE, "crash"), 403);
-    for (t0 = now_ms(); spooled_records() < 2 && now_ms() - t0 < 5000;)
+    for (t0 = now_ms(); spooled_records() < 2 && now_ms() - t0 < SPOOL_WAIT_MS;)
         nap_ms(100);
     CU_ASSERT_EQUAL(spooled_records(), 2);
     CU_ASSERT_EQUAL(sidecarenv_kill(sc, SIGKILL), 0);
@@ -507,7 +510,7 @@ static void test_spooled_before_crash(void)
     CU_ASSERT_EQUAL(count_purpose(arr, "offline"), 5);
     expect_newest_first(arr);
     json_decref(arr);
-    for (t0 = now_ms(); spooled_records() > 0 && now_ms() - t0 < 5000;)
+    for (t0 = now_ms(); spooled_records() > 0 && now_ms() - t0 < SPOOL_WAIT_MS;)
         nap_ms(100);
     CU_ASSERT_EQUAL(spooled_records(), 0);
     CU_ASSERT_EQUAL(metric("polis_access_total{product=\"sales/orders\","

@@ -3,8 +3,8 @@
  * control plane reachable: not ready, denies everything, the HTTP API's
  * errors), then beside etcd and polis-controlplane: a snapshot arrives, an
  * applied Policy changes the answer of POST /v1/check and gRPC
- * Authorizer.Check within 2 s, bearer tokens authenticate, and the last
- * good snapshot is on disk.
+ * Authorizer.Check (the time it took is printed), bearer tokens
+ * authenticate, and the last good snapshot is on disk.
  */
 #include "common/rpc.h"
 #include "polis/v1/authorizer.pb-c.h"
@@ -20,7 +20,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define APPLY_WAIT_MS 2000
+/* A bound on the wait for a pushed change, not its expected time (that is
+ * printed): CI runs this under ASan beside other tests on 2 cores. */
+#define APPLY_WAIT_MS 10000
 #define ALICE_TOKEN   "alice-token-0123456789"
 
 static int64_t now_ms(void)
@@ -60,7 +62,7 @@ static int alone_init(void)
     sidecarenv_options o = {.domain = "sales", .id = "lone-sales"};
 
     /* A free port nobody listens on: the control plane is unreachable. */
-    snprintf(cp, sizeof(cp), "127.0.0.1:%d", testenv_free_port());
+    snprintf(cp, sizeof(cp), "127.0.0.1:%d", testenv_refused_port());
     o.controlplane = cp;
     lone = sidecarenv_start(&o);
     return lone ? 0 : -1;
