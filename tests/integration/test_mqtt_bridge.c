@@ -13,6 +13,7 @@
 #include "tests/support/testutil.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <jansson.h>
 #include <mosquitto.h>
 #include <pthread.h>
@@ -344,6 +345,87 @@ static int wait_revision(int64_t rev, bool allowed)
     return -1;
 }
 
+/* The bridge's view changes are logged; these are the lines a user reads
+ * to see that it skips events, or forwards them again. */
+#define LOG_DENIED  "the audience may not read the product"
+#define LOG_ALLOWED "the audience may read again"
+
+/* How often `needle` occurs in the sidecar's log (restarts included). */
+static int log_count(const char *needle)
+{
+    char *log = testenv_file_tail(sc->log_path, 4 << 20);
+    int n = 0;
+
+    for (const char *p = log; p && (p = strstr(p, needle)); p++)
+        n++;
+    free(log);
+    return n;
+}
+
+/* Wait until the bridge has logged `needle` more than `before` times: it
+ * has decided on the new snapshot, so every event it reads from now on is
+ * governed by it.  0, or -1 (the log printed). */
+static int wait_logged(const char *needle, int before)
+{
+    int64_t until = now_ms() + 15000;
+
+    while (now_ms() < until) {
+        if (log_count(needle) > before)
+            return 0;
+        usleep(20 * 1000);
+    }
+    fprintf(stderr, "\nthe bridge never logged \"%s\"\n", needle);
+    sidecarenv_dump_log(sc, 3000);
+    return -1;
+}
+
+/* The offset the bridge saved (the next one it will read: everything
+ * before it was acknowledged, filtered out or skipped), or -1. */
+static int64_t bridge_saved_offset(void)
+{
+    char path[1200], text[64] = "";
+    struct dirent *e;
+    int64_t off = -1;
+    DIR *d;
+
+    snprintf(path, sizeof(path), "%s/bridges", sc->state_dir);
+    if ((d = opendir(path)) == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        FILE *f;
+
+        if (len < 7 || strcmp(e->d_name + len - 7, ".offset") != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/bridges/%s", sc->state_dir, e->d_name);
+        if ((f = fopen(path, "r")) != NULL) {
+            if (fgets(text, sizeof(text), f))
+                off = strtoll(text, NULL, 10);
+            fclose(f);
+        }
+        break;
+    }
+    closedir(d);
+    return off;
+}
+
+/* Wait until the bridge is done with `offset` (its saved offset passed
+ * it).  0, or -1. */
+static int wait_bridge_past(int64_t offset)
+{
+    int64_t until = now_ms() + 15000, saved = -1;
+
+    while (now_ms() < until) {
+        if ((saved = bridge_saved_offset()) > offset)
+            return 0;
+        usleep(20 * 1000);
+    }
+    fprintf(stderr, "\nthe bridge never got past offset %lld (saved %lld)\n",
+            (long long)offset, (long long)saved);
+    sidecarenv_dump_log(sc, 3000);
+    return -1;
+}
+
 /* POST the events (a JSON array) as the product's service; the offset of
  * the first, or -1 (the answer printed). */
 static int64_t publish(const char *events)
@@ -556,19 +638,25 @@ static void test_sidecar_restart_no_replay(void)
 static void test_audience_denied(void)
 {
     int64_t skipped, resumed, rev;
+    int denied_before = log_count(LOG_DENIED);
+    int allowed_before = log_count(LOG_ALLOWED);
 
     /* Denied: the bridge forwards nothing and skips the events... */
     CU_ASSERT_FATAL((rev = apply_policy(true)) > 0);
     CU_ASSERT_FATAL(wait_revision(rev, false) == 0);
-    usleep(300 * 1000); /* the bridge looks at the slot between reads */
+    /* The check answers from the new snapshot; the bridge thread decides
+     * on it at its next read. */
+    CU_ASSERT_FATAL(wait_logged(LOG_DENIED, denied_before) == 0);
     skipped = publish(
         "[{\"order_id\":21,\"email\":\"nu@example.com\",\"amount\":21}]");
     CU_ASSERT_FATAL(skipped >= 0);
-    usleep(500 * 1000);
+    /* Skipped, not merely not read yet: allowed again before the bridge
+     * read it, it would be forwarded. */
+    CU_ASSERT_FATAL(wait_bridge_past(skipped) == 0);
     /* ...and resumes with the next event once allowed again. */
     CU_ASSERT_FATAL((rev = apply_policy(false)) > 0);
     CU_ASSERT_FATAL(wait_revision(rev, true) == 0);
-    usleep(300 * 1000);
+    CU_ASSERT_FATAL(wait_logged(LOG_ALLOWED, allowed_before) == 0);
     resumed =
         publish("[{\"order_id\":22,\"email\":\"om@shop.org\",\"amount\":22}]");
     CU_ASSERT_FATAL(resumed >= 0);
