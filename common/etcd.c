@@ -949,7 +949,7 @@ static json_t *compare_to_json(const etcd_compare *cmp)
     j = json_object();
     if (j == NULL)
         return NULL;
-    rc |= j_set_b64(j, "key", cmp->key, strlen(cmp->key));
+    rc |= j_set_range(j, cmp->key, cmp->prefix, NULL);
     rc |= json_object_set_new(j, "target", json_string(targets[cmp->target]));
     rc |= json_object_set_new(j, "result", json_string(results[cmp->op]));
     switch (cmp->target) {

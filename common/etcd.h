@@ -97,6 +97,11 @@ typedef enum etcd_cmp_op {
 
 typedef struct etcd_compare {
     const char *key;
+    /* Compare every key under `key` as a prefix: all must satisfy it, and
+     * an empty range compares as one absent key (revisions and version 0),
+     * so VERSION EQUAL 0 means "no key under the prefix".  Not for VALUE
+     * (etcd fails a VALUE compare on an absent key). */
+    bool prefix;
     etcd_cmp_target target;
     etcd_cmp_op op;
     int64_t number;    /* for MOD, CREATE, VERSION */

@@ -210,16 +210,54 @@ static void resources_pb_free(Polis__V1__Resource **list, size_t n)
 
 /* ---- Apply ---- */
 
+/* A stored resource the set refers to: a guard of the write. */
+typedef struct stored_ref {
+    char scope[CP_NAME_MAX], name[CP_NAME_MAX];
+    res_kind kind;
+} stored_ref;
+
 typedef struct lookup_ctx {
     cp_store *store;
+    stored_ref *refs; /* distinct, found stored */
+    size_t n, cap;
 } lookup_ctx;
 
+static int remember_ref(lookup_ctx *lc, res_kind kind, const char *scope,
+                        const char *name, polis_error *err)
+{
+    stored_ref *r;
+
+    for (size_t i = 0; i < lc->n; i++)
+        if (lc->refs[i].kind == kind && strcmp(lc->refs[i].scope, scope) == 0 &&
+            strcmp(lc->refs[i].name, name) == 0)
+            return 0;
+    if (lc->n == lc->cap) {
+        size_t cap = lc->cap ? 2 * lc->cap : 8;
+        stored_ref *grown = realloc(lc->refs, cap * sizeof(*grown));
+        if (grown == NULL)
+            return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        lc->refs = grown;
+        lc->cap = cap;
+    }
+    r = &lc->refs[lc->n++];
+    r->kind = kind;
+    snprintf(r->scope, sizeof(r->scope), "%s", scope);
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    return 0;
+}
+
+/* References outside the set are looked up now and guarded at the write
+ * (cp_guard): a domain deleted in between fails the apply. */
 static int lookup_stored(void *ctx, res_kind kind, const char *scope,
                          const char *name, bool *exists, polis_error *err)
 {
     lookup_ctx *lc = ctx;
-    return cp_store_exists(lc->store, res_kind_name(kind), scope, name, exists,
-                           err);
+    int rc = cp_store_exists(lc->store, res_kind_name(kind), scope, name,
+                             exists, err);
+
+    if (rc == 0 && *exists)
+        rc = remember_ref(lc, kind, scope, name, err);
+    return rc;
 }
 
 static void errors_add(res_errors *errs, const polis_error *e)
@@ -332,9 +370,10 @@ static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
     const char **sources = NULL;
     cp_change *changes = NULL;
     cp_apply_result *applied = NULL;
+    cp_guard *guards = NULL;
     char **canon = NULL, author[256], text[STATUS_MSG_MAX];
     json_t *docs = json_array();
-    lookup_ctx lc = {g->store};
+    lookup_ctx lc = {.store = g->store};
     polis_error err = {0};
     double started = now_seconds();
     int64_t revision = 0;
@@ -393,9 +432,19 @@ static int apply_on_start(rpc_call *call, const ProtobufCMessage *msg, void *ud)
                                  .name = infos[i].name,
                                  .doc_json = canon[i]};
     }
+    guards = calloc(lc.n ? lc.n : 1, sizeof(*guards));
+    if (guards == NULL) {
+        status = fail_msg(call, RPC_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < lc.n; i++)
+        guards[i] = (cp_guard){.kind = res_kind_name(lc.refs[i].kind),
+                               .scope = lc.refs[i].scope,
+                               .name = lc.refs[i].name};
     request_author(call, author, sizeof(author));
-    rc = cp_store_apply(g->store, changes, n, req->expected_revision,
-                        req->dry_run, author, applied, &revision, &err);
+    rc = cp_store_apply(g->store, changes, n, guards, lc.n,
+                        req->expected_revision, req->dry_run, author, applied,
+                        &revision, &err);
     if (rc) {
         status = fail(call, &err);
         goto out;
@@ -436,6 +485,8 @@ out:
     free(sources);
     free(infos);
     free(errs);
+    free(guards);
+    free(lc.refs);
     json_decref(docs);
     return status;
 }
@@ -547,6 +598,7 @@ static int delete_on_start(rpc_call *call, const ProtobufCMessage *msg,
     char author[256];
     res_kind kind;
     int64_t owned = 0, policies = 0;
+    cp_guard orphans[2];
     int status;
 
     status = check_resource_key(call, req->kind, req->name, req->scope, &kind);
@@ -564,11 +616,16 @@ static int delete_on_start(rpc_call *call, const ProtobufCMessage *msg,
                               req->name, owned, policies);
     }
     request_author(call, author, sizeof(author));
+    /* ...and none may appear between that count and the delete. */
+    if (kind == RES_DOMAIN) {
+        orphans[0] = (cp_guard){"DataProduct", req->name, NULL};
+        orphans[1] = (cp_guard){"Policy", req->name, NULL};
+    }
     if (status == RPC_OK &&
         cp_store_delete(g->store, res_kind_name(kind),
-                        default_scope(kind, req->scope), req->name,
-                        req->expected_revision, req->dry_run, author, &gone,
-                        &resp.revision, &err) != 0)
+                        default_scope(kind, req->scope), req->name, orphans,
+                        kind == RES_DOMAIN ? 2 : 0, req->expected_revision,
+                        req->dry_run, author, &gone, &resp.revision, &err) != 0)
         status = fail(call, &err);
     if (status == RPC_OK) {
         resp.deleted = resource_to_pb(&gone);

@@ -229,11 +229,12 @@ typedef struct write_plan {
     bool failed; /* an allocation failed */
 } write_plan;
 
-static int plan_alloc(write_plan *p, size_t n_docs)
+static int plan_alloc(write_plan *p, size_t n_docs, size_t n_guards)
 {
     p->ops = calloc(2 * n_docs + 2, sizeof(*p->ops));
-    p->cmps = calloc(2 * n_docs + 1, sizeof(*p->cmps)); /* mod + history */
-    p->bufs = calloc(4 * n_docs + 8, sizeof(*p->bufs));
+    /* mod + history per document, and the guards */
+    p->cmps = calloc(2 * n_docs + n_guards + 1, sizeof(*p->cmps));
+    p->bufs = calloc(4 * n_docs + n_guards + 8, sizeof(*p->bufs));
     return p->ops && p->cmps && p->bufs ? 0 : -1;
 }
 
@@ -276,6 +277,80 @@ static void plan_unchanged_since(write_plan *p, const char *key, int64_t mod)
                                           .target = ETCD_CMP_MOD,
                                           .op = ETCD_CMP_EQUAL,
                                           .number = mod};
+}
+
+/* The key a guard compares: the resource, or the kind/scope prefix. */
+static void guard_key(const cp_store *s, const cp_guard *g, char *buf)
+{
+    char k[CP_KIND_MAX];
+
+    if (g->name) {
+        resource_key(s, buf, g->kind, g->scope, g->name);
+        return;
+    }
+    lower_into(k, sizeof(k), g->kind);
+    snprintf(buf, KEY_MAX, "%sresources/%s/%s/", s->prefix, k, g->scope);
+}
+
+/* The guards as compares: CREATE > 0 (it exists) or, over the prefix,
+ * VERSION == 0 (nothing there). */
+static void plan_guards(const cp_store *s, write_plan *p,
+                        const cp_guard *guards, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char key[KEY_MAX];
+        const char *kept;
+
+        guard_key(s, &guards[i], key);
+        if ((kept = plan_keep(p, strdup(key))) == NULL)
+            return;
+        p->cmps[p->n_cmps++] = guards[i].name
+                                   ? (etcd_compare){.key = kept,
+                                                    .target = ETCD_CMP_CREATE,
+                                                    .op = ETCD_CMP_GREATER,
+                                                    .number = 0}
+                                   : (etcd_compare){.key = kept,
+                                                    .prefix = true,
+                                                    .target = ETCD_CMP_VERSION,
+                                                    .op = ETCD_CMP_EQUAL,
+                                                    .number = 0};
+    }
+}
+
+/*
+ * After a txn whose compares failed: POLIS_ECONFLICT naming the first
+ * guard that does not hold (the write must not be retried), 0 when they
+ * all hold (a document changed: read again and retry).
+ */
+static int guards_broken(cp_store *s, const cp_guard *guards, size_t n,
+                         polis_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const cp_guard *g = &guards[i];
+        char key[KEY_MAX];
+        etcd_range_result rr = {0};
+        etcd_range_opts o = {.count_only = true, .prefix = g->name == NULL};
+        int64_t count;
+        int rc;
+
+        guard_key(s, g, key);
+        rc = etcd_range(s->etcd, key, &o, &rr, err);
+        count = rr.count;
+        etcd_range_result_free(&rr);
+        if (rc)
+            return rc;
+        if (g->name && count == 0)
+            return polis_error_set(err, POLIS_ECONFLICT, NULL,
+                                   "%s \"%s\" was deleted meanwhile; "
+                                   "nothing was written",
+                                   g->kind, g->name);
+        if (!g->name && count > 0)
+            return polis_error_set(err, POLIS_ECONFLICT, NULL,
+                                   "a %s was written in \"%s\" meanwhile; "
+                                   "nothing was written",
+                                   g->kind, g->scope);
+    }
+    return 0;
 }
 
 /*
@@ -522,17 +597,19 @@ static void cache_drop(cp_store *s, const char *key)
  * documents or a negative error.
  */
 static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
-                      const key_set *k, const doc_state *st, const char *author,
-                      const char *at, cp_apply_result *results,
-                      write_plan *plan, polis_error *err)
+                      const cp_guard *guards, size_t n_guards, const key_set *k,
+                      const doc_state *st, const char *author, const char *at,
+                      cp_apply_result *results, write_plan *plan,
+                      polis_error *err)
 {
     json_t *audit_changes = json_array();
     int n_changed = 0;
 
-    if (audit_changes == NULL || plan_alloc(plan, n) != 0) {
+    if (audit_changes == NULL || plan_alloc(plan, n, n_guards) != 0) {
         json_decref(audit_changes);
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     }
+    plan_guards(s, plan, guards, n_guards);
     for (size_t i = 0; i < n; i++) {
         int64_t gen = st[i].versions + 1;
         char hkey[KEY_MAX], *rec;
@@ -579,6 +656,7 @@ static int plan_apply(cp_store *s, const cp_change *changes, size_t n,
 }
 
 int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
+                   const cp_guard *guards, size_t n_guards,
                    int64_t expected_revision, bool dry_run, const char *author,
                    cp_apply_result *results, int64_t *revision_out,
                    polis_error *err)
@@ -615,8 +693,8 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
                 cache_put(s, k.keys[i], &st[i]);
         }
         if (rc == 0) {
-            n_changed = plan_apply(s, changes, n, &k, st, author, at, results,
-                                   &plan, err);
+            n_changed = plan_apply(s, changes, n, guards, n_guards, &k, st,
+                                   author, at, results, &plan, err);
             rc = n_changed < 0 ? n_changed : 0;
         }
         /* Nothing to write after a read: done.  From the cache, the
@@ -646,9 +724,11 @@ int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
         etcd_txn_result_free(&wr);
         /* The cache was stale, or a document changed between the read and
          * the write: read again (an expected_revision is then checked
-         * against the new state). */
+         * against the new state).  A reference that went away is final. */
         for (size_t i = 0; i < n; i++)
             cache_drop(s, k.keys[i]);
+        if ((rc = guards_broken(s, guards, n_guards, err)) != 0)
+            break;
         if (attempt + 1 >= APPLY_RETRIES) {
             rc = gave_up(err);
             break;
@@ -959,9 +1039,10 @@ int cp_store_count(cp_store *s, const char *kind, const char *scope,
 }
 
 int cp_store_delete(cp_store *s, const char *kind, const char *scope,
-                    const char *name, int64_t expected_revision, bool dry_run,
-                    const char *author, cp_resource *deleted,
-                    int64_t *revision_out, polis_error *err)
+                    const char *name, const cp_guard *guards, size_t n_guards,
+                    int64_t expected_revision, bool dry_run, const char *author,
+                    cp_resource *deleted, int64_t *revision_out,
+                    polis_error *err)
 {
     cp_resource cur_res = {0};
     cp_change one;
@@ -1008,13 +1089,15 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
         changes = json_pack("[{s:s, s:s, s:s, s:s, s:I}]", "kind", kind,
                             "scope", scope, "name", name, "action", "deleted",
                             "generation", (json_int_t)gen);
-        if (doc == NULL || changes == NULL || plan_alloc(&plan, 1) != 0) {
+        if (doc == NULL || changes == NULL ||
+            plan_alloc(&plan, 1, n_guards) != 0) {
             rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
         } else {
             /* The history keeps the last document, marked deleted. */
             char *rec = plan_keep(
                 &plan, record_json(doc, scope, gen, author, at, true, err));
             plan_unchanged_since(&plan, k.keys[0], kv->mod_revision);
+            plan_guards(s, &plan, guards, n_guards);
             plan.ops[plan.n_ops++] =
                 (etcd_op){.type = ETCD_OP_DELETE, .key = k.keys[0]};
             snprintf(hkey, sizeof(hkey), "%s%020" PRId64, k.hprefixes[0], gen);
@@ -1036,6 +1119,8 @@ int cp_store_delete(cp_store *s, const char *kind, const char *scope,
         bool done = rc || wr.succeeded;
         etcd_txn_result_free(&wr);
         if (done)
+            break;
+        if ((rc = guards_broken(s, guards, n_guards, err)) != 0)
             break;
         if (attempt + 1 >= APPLY_RETRIES) {
             rc = gave_up(err);

@@ -63,12 +63,27 @@ typedef struct cp_apply_result {
 } cp_apply_result;
 
 /*
- * Apply all changes in one txn, or none.  expected_revision > 0: every
- * document's current version must be at or below it, else POLIS_ECONFLICT.
- * results: n entries, filled.  *revision_out: the write's revision (0 when
- * nothing changed or dry_run).
+ * A reference a write depends on, compared in the write's own etcd txn so
+ * that no concurrent change slips between the caller's check and the
+ * write.  With a name, that resource must exist (a DataProduct's domain);
+ * without (NULL), no resource of `kind` may exist in `scope` (a domain
+ * being deleted).  A write whose guard does not hold any more fails with
+ * POLIS_ECONFLICT, which names the guard.
+ */
+typedef struct cp_guard {
+    const char *kind; /* canonical kind name: "Domain" */
+    const char *scope;
+    const char *name; /* NULL: "none of kind in scope" */
+} cp_guard;
+
+/*
+ * Apply all changes in one txn, or none, if every guard (n_guards, may be
+ * 0) holds.  expected_revision > 0: every document's current version must
+ * be at or below it, else POLIS_ECONFLICT.  results: n entries, filled.
+ * *revision_out: the write's revision (0 when nothing changed or dry_run).
  */
 int cp_store_apply(cp_store *s, const cp_change *changes, size_t n,
+                   const cp_guard *guards, size_t n_guards,
                    int64_t expected_revision, bool dry_run, const char *author,
                    cp_apply_result *results, int64_t *revision_out,
                    polis_error *err);
@@ -83,11 +98,13 @@ int cp_store_list(cp_store *s, const char *kind, const char *scope,
                   cp_resource **out, size_t *n_out, int64_t *revision_out,
                   polis_error *err);
 
-/* Delete; `deleted` (may be NULL) receives the last version. */
+/* Delete if every guard holds (as cp_store_apply); `deleted` (may be NULL)
+ * receives the last version. */
 int cp_store_delete(cp_store *s, const char *kind, const char *scope,
-                    const char *name, int64_t expected_revision, bool dry_run,
-                    const char *author, cp_resource *deleted,
-                    int64_t *revision_out, polis_error *err);
+                    const char *name, const cp_guard *guards, size_t n_guards,
+                    int64_t expected_revision, bool dry_run, const char *author,
+                    cp_resource *deleted, int64_t *revision_out,
+                    polis_error *err);
 
 /* Versions, newest first (history keeps a deleted resource's versions and
  * its deletion; a re-created one continues the numbering); limit 0: all. */
