@@ -131,6 +131,9 @@ struct cp_dist {
     bool status_started;
     pthread_cond_t status_cond;
     json_t *status_pending; /* id -> {"record":..., "connected":bool} */
+    /* id -> the etcd revision of this replica's last write of the record
+     * of a sidecar connected here (status thread only) */
+    json_t *status_written;
     int64_t lease, disc_lease;
     double disc_lease_at;
 
@@ -357,6 +360,42 @@ static int ensure_leases(cp_dist *d, polis_error *err)
     return rc;
 }
 
+/*
+ * A DISCONNECTED record, written only if the record is still the one this
+ * replica wrote last (or there is none): a sidecar that has already
+ * reconnected to another replica keeps that replica's CONNECTED record.
+ * Its own txn, so that one stale record cannot fail the others' writes.
+ */
+static int status_write_disconnected(cp_dist *d, const char *key,
+                                     const char *id, const char *val,
+                                     polis_error *err)
+{
+    json_t *mine = json_object_get(d->status_written, id);
+    etcd_compare cmp = {.key = key,
+                        .target = ETCD_CMP_MOD,
+                        .op = ETCD_CMP_EQUAL,
+                        .number = mine ? json_integer_value(mine) : 0};
+    etcd_op put = {.type = ETCD_OP_PUT,
+                   .key = key,
+                   .value = val,
+                   .value_len = strlen(val),
+                   .lease = d->disc_lease};
+    etcd_txn_result tr = {0};
+    int rc = etcd_txn(d->etcd, &cmp, 1, &put, 1, NULL, 0, &tr, err);
+
+    if (rc == 0 && !tr.succeeded && mine) {
+        /* Not ours any more, or gone (its lease expired): write it only
+         * where nothing is. */
+        etcd_txn_result_free(&tr);
+        cmp.number = 0;
+        rc = etcd_txn(d->etcd, &cmp, 1, &put, 1, NULL, 0, &tr, err);
+    }
+    etcd_txn_result_free(&tr);
+    if (rc == 0)
+        json_object_del(d->status_written, id);
+    return rc;
+}
+
 /* Write a batch of status records; returns what is left unwritten. */
 static int status_write(cp_dist *d, json_t *batch, polis_error *err)
 {
@@ -371,6 +410,34 @@ static int status_write(cp_dist *d, json_t *batch, polis_error *err)
     rc = ensure_leases(d, err);
     if (rc)
         return rc;
+    /* DISCONNECTED records first, one by one (they are rare)... */
+    for (;;) {
+        const char *gone = NULL;
+        char *key = NULL, *val;
+
+        json_object_foreach(batch, id, item)
+        {
+            if (!json_is_true(json_object_get(item, "connected"))) {
+                gone = id;
+                break;
+            }
+        }
+        if (gone == NULL)
+            break;
+        item = json_object_get(batch, gone);
+        val = json_dumps(json_object_get(item, "record"), JSON_COMPACT);
+        if (asprintf(&key, "%ssidecars/%s", cp_store_prefix(d->store), gone) <
+            0)
+            key = NULL;
+        rc = key && val ? status_write_disconnected(d, key, gone, val, err)
+                        : polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+        free(key);
+        free(val);
+        if (rc)
+            return rc;
+        json_object_del(batch, gone);
+    }
+    /* ...then the others in one txn. */
     json_object_foreach(batch, id, item)
     {
         if (n == STATUS_BATCH)
@@ -396,13 +463,17 @@ static int status_write(cp_dist *d, json_t *batch, polis_error *err)
         n++;
     }
     rc = etcd_txn(d->etcd, NULL, 0, ops, n, NULL, 0, &tr, err);
-    etcd_txn_result_free(&tr);
     for (size_t i = 0; i < n; i++) {
-        if (rc == 0)
-            json_object_del(batch, strrchr(keys[i], '/') + 1);
+        if (rc == 0) {
+            const char *done = strrchr(keys[i], '/') + 1;
+            json_object_set_new(d->status_written, done,
+                                json_integer(tr.revision));
+            json_object_del(batch, done);
+        }
         free(keys[i]);
         free(vals[i]);
     }
+    etcd_txn_result_free(&tr);
     return rc;
 }
 
@@ -1115,7 +1186,9 @@ int cp_dist_new(etcd_client *etcd, cp_store *store, metrics *m,
     d->key = malloc(d->key_len ? d->key_len : 1);
     d->resources = json_object();
     d->status_pending = json_object();
-    if (d->key == NULL || d->resources == NULL || d->status_pending == NULL) {
+    d->status_written = json_object();
+    if (d->key == NULL || d->resources == NULL || d->status_pending == NULL ||
+        d->status_written == NULL) {
         cp_dist_free(d);
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     }
@@ -1212,6 +1285,7 @@ void cp_dist_free(cp_dist *d)
         etcd_lease_revoke(d->etcd, d->lease, NULL);
     json_decref(d->resources);
     json_decref(d->status_pending);
+    json_decref(d->status_written);
     free(d->key);
     pthread_mutex_destroy(&d->lock);
     pthread_cond_destroy(&d->status_cond);
