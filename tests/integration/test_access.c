@@ -83,13 +83,16 @@ static int stop_controlplane(void)
     return 0;
 }
 
+static int wait_domain_served(void);
+
 static int start_controlplane(void)
 {
     static const char *const args[] = {"--keepalive-ms", "1000", NULL};
     cpenv_options o = {.extra_args = args};
 
     cp = cpenv_start(&o);
-    if (cp && (gov = cpenv_channel(cp)) != NULL && apply_mesh() == 0)
+    if (cp && (gov = cpenv_channel(cp)) != NULL && apply_mesh() == 0 &&
+        wait_domain_served() == 0)
         return 0;
     stop_controlplane();
     return -1;
@@ -302,6 +305,43 @@ static int fake_report(fake *f, uint64_t batch, const rec *recs, size_t n,
     free(rp);
     free(r);
     return rc;
+}
+
+/*
+ * Apply returns once etcd has the Domain; the control plane learns it
+ * through its watch, and refuses a hello for a domain it does not know
+ * yet.  A real sidecar retries; the fake streams here do not, so wait until
+ * a probe stream gets a snapshot.
+ */
+static int wait_domain_served(void)
+{
+    int64_t until = now_ms() + 15000;
+
+    while (now_ms() < until) {
+        fake f;
+        bool served = false;
+
+        if (fake_open(&f, "fake-acc-probe") == 0) {
+            for (int i = 0; i < 10 && !served; i++) {
+                ProtobufCMessage *msg = NULL;
+                int rc = rpc_stream_recv(f.s, &msg, 200);
+
+                if (rc == POLIS_ETIMEDOUT)
+                    continue;
+                if (rc != 1)
+                    break;
+                served = ((Polis__V1__ControlMessage *)msg)->msg_case ==
+                         POLIS__V1__CONTROL_MESSAGE__MSG_SNAPSHOT;
+                protobuf_c_message_free_unpacked(msg, NULL);
+            }
+        }
+        fake_close(&f);
+        if (served)
+            return 0;
+        nap_ms(100);
+    }
+    fprintf(stderr, "the control plane never served domain sales\n");
+    return -1;
 }
 
 /* Wait for AccessAck(batch), skipping snapshots and keepalives. */

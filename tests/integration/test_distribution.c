@@ -259,9 +259,11 @@ static int stop_controlplane(void)
     return 0;
 }
 
+static int wait_domains_served(void);
+
 static int stream_init(void)
 {
-    if (start_controlplane() == 0)
+    if (start_controlplane() == 0 && wait_domains_served() == 0)
         return 0;
     stop_controlplane();
     return -1;
@@ -357,6 +359,39 @@ static Polis__V1__ControlMessage *fake_snapshot(fake *f, int timeout_ms)
         protobuf_c_message_free_unpacked(msg, NULL);
     }
     return NULL;
+}
+
+/*
+ * Apply returns once etcd has the Domain; the control plane learns it
+ * through its watch, and refuses a hello for a domain it does not know
+ * yet.  A real sidecar retries; the fake streams of this suite do not, so
+ * wait until a probe stream for each domain gets a snapshot.
+ */
+static int wait_domains_served(void)
+{
+    static const char *const domains[] = {"sales", "crm"};
+
+    for (size_t i = 0; i < sizeof(domains) / sizeof(domains[0]); i++) {
+        int64_t until = now_ms() + 15000;
+        Polis__V1__ControlMessage *cm = NULL;
+
+        while (cm == NULL && now_ms() < until) {
+            fake f;
+
+            if (fake_open(&f, "fake-probe", domains[i]) == 0)
+                cm = fake_snapshot(&f, 2000);
+            fake_close(&f);
+            if (cm == NULL)
+                nap_ms(100);
+        }
+        if (cm == NULL) {
+            fprintf(stderr, "the control plane never served domain %s\n",
+                    domains[i]);
+            return -1;
+        }
+        protobuf_c_message_free_unpacked(&cm->base, NULL);
+    }
+    return 0;
 }
 
 static int fake_ack(fake *f, const Polis__V1__Snapshot *s)
