@@ -387,13 +387,18 @@ static bool is_http_url(const char *s)
     return true;
 }
 
-/* mqtt://host[:port]: a broker address for an event port's bridge. */
+/* mqtt://host[:port] or mqtts://host[:port] (TLS): a broker address for
+ * an event port's bridge. */
 static bool is_mqtt_url(const char *s)
 {
-    const char *host = s + 7, *colon;
+    const char *host, *colon;
     size_t hl;
 
-    if (strncmp(s, "mqtt://", 7) != 0)
+    if (strncmp(s, "mqtt://", 7) == 0)
+        host = s + 7;
+    else if (strncmp(s, "mqtts://", 8) == 0)
+        host = s + 8;
+    else
         return false;
     hl = strcspn(host, ":");
     if (hl == 0 || host[hl + strcspn(host + hl, "/?#")] != '\0')
@@ -695,8 +700,8 @@ static bool is_publisher(const char *s)
 
 static void validate_mqtt(vctx *c, const json_t *port, const char *base)
 {
-    static const char *const fields[] = {"broker", "topic", "audience", "qos",
-                                         NULL};
+    static const char *const fields[] = {"broker",      "topic", "audience",
+                                         "credentials", "qos",   NULL};
     char mbase[PATH_MAX_LEN], path[PATH_MAX_LEN];
     const json_t *m = member(c, port, base, "mqtt", JSON_OBJECT, false);
     const json_t *qos;
@@ -707,9 +712,17 @@ static void validate_mqtt(vctx *c, const json_t *port, const char *base)
     join(mbase, base, "mqtt");
     check_fields(c, m, mbase, fields);
     s = string_member(c, m, mbase, "broker", true, TEXT_MAX);
-    if (s && !is_mqtt_url(s))
+    /* Resources are readable by many: a login belongs in the sidecar's
+     * credentials directory, and the message must not repeat it. */
+    if (s && strchr(s, '@') != NULL)
         fail(c, join(path, mbase, "broker"),
-             "invalid broker \"%s\": use mqtt://host[:port]", s);
+             "no credentials in a resource: name a file of the sidecar's "
+             "--mqtt-credentials-dir with `credentials`");
+    else if (s && !is_mqtt_url(s))
+        fail(c, join(path, mbase, "broker"),
+             "invalid broker \"%s\": use mqtt://host[:port] or "
+             "mqtts://host[:port] (TLS)",
+             s);
     s = string_member(c, m, mbase, "topic", true, 256);
     if (s && !is_mqtt_topic(s))
         fail(c, join(path, mbase, "topic"),
@@ -720,6 +733,13 @@ static void validate_mqtt(vctx *c, const json_t *port, const char *base)
     if (s && !is_name(s))
         fail(c, join(path, mbase, "audience"),
              "invalid principal name \"%s\": %s", s, NAME_RULE);
+    s = string_member(c, m, mbase, "credentials", false, 63);
+    if (s && !is_name(s))
+        fail(c, join(path, mbase, "credentials"),
+             "invalid credentials name (not repeated here: it may be a "
+             "login): %s; it names a file of the sidecar's "
+             "--mqtt-credentials-dir",
+             NAME_RULE);
     qos = member(c, m, mbase, "qos", JSON_INTEGER, false);
     if (qos && json_integer_value(qos) != 0 && json_integer_value(qos) != 1)
         fail(c, join(path, mbase, "qos"), "must be 0 or 1");

@@ -458,6 +458,97 @@ static void test_port_errors(void)
                          "'-'");
 }
 
+/* The event port's MQTT bridge: plain and TLS brokers, a named login. */
+#define STREAM "retentionHours: 24, fsync: always}"
+static void test_mqtt_settings(void)
+{
+    static const char *const valid[] = {
+        "mqtt: {broker: 'mqtt://broker:1883', topic: a/b, audience: partner}",
+        "mqtt: {broker: 'mqtts://broker.example.com', topic: a/b,"
+        " audience: partner, qos: 0}",
+        "mqtt: {broker: 'mqtts://10.0.0.7:8883', topic: a/b,"
+        " audience: partner, credentials: partner-broker}",
+        "mqtt: {broker: 'mqtt://b', topic: a, audience: p,"
+        " credentials: b2}",
+    };
+    char line[512];
+
+    for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
+        char *yaml;
+        snprintf(line, sizeof(line), "retentionHours: 24, fsync: always, %s}",
+                 valid[i]);
+        yaml = product_with(STREAM, line);
+        expect_valid(yaml, RES_DATAPRODUCT, "sales", "orders");
+        free(yaml);
+    }
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'tcp://b:1883',"
+                         " topic: a, audience: p}}",
+                         "orders.yaml: spec.ports[3].mqtt.broker: invalid "
+                         "broker \"tcp://b:1883\": use mqtt://host[:port] or "
+                         "mqtts://host[:port] (TLS)");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b:0',"
+                         " topic: a, audience: p}}",
+                         "orders.yaml: spec.ports[3].mqtt.broker: invalid "
+                         "broker \"mqtts://b:0\": use mqtt://host[:port] or "
+                         "mqtts://host[:port] (TLS)");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://',"
+                         " topic: a, audience: p}}",
+                         "orders.yaml: spec.ports[3].mqtt.broker: invalid "
+                         "broker \"mqtts://\": use mqtt://host[:port] or "
+                         "mqtts://host[:port] (TLS)");
+    /* A login in the URL is refused without being repeated. */
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: "
+                         "'mqtts://bob:s3cret@b:8883', topic: a, audience: p}}",
+                         "orders.yaml: spec.ports[3].mqtt.broker: no "
+                         "credentials in a resource: name a file of the "
+                         "sidecar's --mqtt-credentials-dir with "
+                         "`credentials`");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
+                         " topic: a, audience: p, credentials: 'bob:s3cret'}}",
+                         "orders.yaml: spec.ports[3].mqtt.credentials: invalid "
+                         "credentials name (not repeated here: it may be a "
+                         "login): use 1-63 lowercase letters, digits and '-', "
+                         "starting with a letter and not ending with '-'; it "
+                         "names a file of the sidecar's "
+                         "--mqtt-credentials-dir");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
+                         " topic: a, audience: p, credentials: ../etc}}",
+                         "orders.yaml: spec.ports[3].mqtt.credentials: invalid "
+                         "credentials name (not repeated here: it may be a "
+                         "login): use 1-63 lowercase letters, digits and '-', "
+                         "starting with a letter and not ending with '-'; it "
+                         "names a file of the sidecar's "
+                         "--mqtt-credentials-dir");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
+                         " topic: a, audience: p, credentials: [x]}}",
+                         "orders.yaml: spec.ports[3].mqtt.credentials: must "
+                         "be a string, not a list");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
+                         " topic: a, audience: p, password: x}}",
+                         "orders.yaml: spec.ports[3].mqtt.password: unknown "
+                         "field (allowed: broker, topic, audience, "
+                         "credentials, qos)");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
+                         " topic: 'a/#', audience: p}}",
+                         "orders.yaml: spec.ports[3].mqtt.topic: invalid "
+                         "topic \"a/#\": no '+' or '#' wildcards, no control "
+                         "characters, not starting with '$'");
+    expect_product_error(STREAM,
+                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
+                         " topic: a, audience: p, qos: 2}}",
+                         "orders.yaml: spec.ports[3].mqtt.qos: must be 0 or "
+                         "1");
+}
+
 static void test_product_other_errors(void)
 {
     expect_product_error("  domain: sales\n", "",
@@ -1108,6 +1199,7 @@ static const test_case kind_cases[] = {
     {"schema_type_error", test_schema_type_error},
     {"schema_errors", test_schema_errors},
     {"port_errors", test_port_errors},
+    {"mqtt_settings", test_mqtt_settings},
     {"product_other_errors", test_product_other_errors},
     {"policy_errors", test_policy_errors},
     {"principal_errors", test_principal_errors},
