@@ -50,6 +50,10 @@ typedef struct sc_config {
     int event_retention_mb;
     int event_fsync_interval_ms;
     int mqtt_reconnect_max_ms;
+    char mqtt_ca_file[1024];
+    char mqtt_cert_file[1024];
+    char mqtt_key_file[1024];
+    char mqtt_credentials_dir[1024];
     int event_max_consumers;
     int shutdown_grace_ms;
     char log_level[16];
@@ -115,6 +119,18 @@ static const config_option sc_options[] = {
         100, 600000,
         "event ports' MQTT bridges: the longest wait between reconnects "
         "(the backoff doubles from 250 ms up to this)"),
+    OPT("mqtt-ca-file", CONFIG_STRING, mqtt_ca_file, "", 0, 0,
+        "CA bundle (PEM) that verifies mqtts:// brokers; "
+        "empty: " SC_BRIDGES_DEFAULT_CA),
+    OPT("mqtt-cert-file", CONFIG_STRING, mqtt_cert_file, "", 0, 0,
+        "client certificate (PEM) for mqtts:// brokers that require one "
+        "(mutual TLS; with --mqtt-key-file)"),
+    OPT("mqtt-key-file", CONFIG_STRING, mqtt_key_file, "", 0, 0,
+        "the client certificate's private key (PEM, unencrypted)"),
+    OPT("mqtt-credentials-dir", CONFIG_STRING, mqtt_credentials_dir, "", 0, 0,
+        "directory of MQTT logins: an mqtt setting's `credentials: NAME` "
+        "is the file DIR/NAME holding username:password, read at every "
+        "connect"),
     OPT("shutdown-grace-ms", CONFIG_INT, shutdown_grace_ms, "2000", 0, 60000,
         "how long live calls may finish on shutdown"),
     OPT("log-level", CONFIG_STRING, log_level, "info", 0, 0,
@@ -306,6 +322,10 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     bo.ports = rt->ports;
     bo.events = rt->events;
     bo.reconnect_max_ms = rt->conf.mqtt_reconnect_max_ms;
+    bo.ca_file = rt->conf.mqtt_ca_file;
+    bo.cert_file = rt->conf.mqtt_cert_file;
+    bo.key_file = rt->conf.mqtt_key_file;
+    bo.credentials_dir = rt->conf.mqtt_credentials_dir;
     if ((rc = sc_bridges_start(&bo, &rt->bridges, err)))
         return rc;
     if ((rc = sc_subscriber_start(rt->sub, err)))

@@ -3,7 +3,8 @@
  * manager thread follows the snapshot in force and keeps one bridge thread
  * per bridged port; each bridge drives its own libmosquitto client (no
  * library thread), reads the port's log from its acknowledged offset and
- * publishes the audience's governed view.  docs/internals/mqtt_bridge.md.
+ * publishes the audience's governed view; TLS and the login are set up
+ * afresh for every connection.  docs/internals/mqtt_bridge.md.
  */
 #include "sidecar/mqtt_bridge.h"
 
@@ -13,6 +14,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <mosquitto.h>
+#include <mqtt_protocol.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +45,8 @@
 #define BACKOFF_MIN_MS 250
 /* On stop, wait this long for the acknowledgements of what is in flight. */
 #define FLUSH_MS 500
+/* A credentials file is one short line; anything longer is not one. */
+#define CREDENTIALS_MAX 1024
 /* The envelope around a governed event:
  * {"offset":N,"product":"domain/name","event":...} */
 #define ENVELOPE_EXTRA (64 + 2 * 64)
@@ -70,6 +75,8 @@ typedef struct bridge {
     char broker[300]; /* as written, for logs */
     char host[256];
     int port;
+    bool tls;             /* mqtts:// */
+    char credentials[64]; /* the credentials file's name; "": none */
     char topic[300];
     char audience[64];
     int qos;
@@ -93,9 +100,11 @@ typedef struct bridge {
     bool connected;
     bool conn_failed; /* CONNACK refused or the connection dropped */
     char conn_reason[200];
+    char tls_error[200]; /* the library's first error of this connection */
     int64_t connect_started, next_attempt;
     unsigned attempts;
-    bool logged_down; /* "unreachable" said once per outage */
+    bool logged_down;     /* "unreachable" said once per outage... */
+    char logged_why[400]; /* ...unless the reason changes */
 
     bool have_offset;   /* a saved offset (or a start point) is known */
     uint64_t read_next; /* next offset to read from the log */
@@ -119,6 +128,7 @@ struct sc_bridges {
     sc_ports *ports;
     sc_events *events;
     int reconnect_max_ms;
+    const char *ca_file, *cert_file, *key_file, *credentials_dir;
 
     pthread_t manager;
     bool manager_started;
@@ -183,22 +193,31 @@ static void nap(bridge *b, int ms)
     pthread_mutex_unlock(&b->mu);
 }
 
-/* mqtt://host[:port] (checked by common/resource.c) into host and port. */
-static int parse_broker(const char *url, char *host, size_t hlen, int *port)
+/* mqtt://host[:port] or mqtts://host[:port] (checked by common/resource.c)
+ * into host, port and whether it is TLS. */
+static int parse_broker(const char *url, char *host, size_t hlen, int *port,
+                        bool *tls)
 {
     const char *h, *colon;
     size_t n;
 
-    if (strncmp(url, "mqtt://", 7) != 0)
+    if (strncmp(url, "mqtt://", 7) == 0) {
+        h = url + 7;
+        *tls = false;
+        *port = 1883;
+    } else if (strncmp(url, "mqtts://", 8) == 0) {
+        h = url + 8;
+        *tls = true;
+        *port = 8883;
+    } else {
         return -1;
-    h = url + 7;
+    }
     colon = strchr(h, ':');
     n = colon ? (size_t)(colon - h) : strlen(h);
     if (n == 0 || n >= hlen)
         return -1;
     memcpy(host, h, n);
     host[n] = '\0';
-    *port = 1883;
     if (colon) {
         char *end;
         long p = strtol(colon + 1, &end, 10);
@@ -333,8 +352,17 @@ static void on_connect(struct mosquitto *m, void *ctx, int rc, int flags,
         return;
     }
     b->conn_failed = true;
-    snprintf(b->conn_reason, sizeof(b->conn_reason), "broker refused: %s",
-             mosquitto_reason_string(rc));
+    /* Say which login was refused (its file, never its content). */
+    if (rc == MQTT_RC_BAD_USERNAME_OR_PASSWORD || rc == MQTT_RC_NOT_AUTHORIZED)
+        snprintf(b->conn_reason, sizeof(b->conn_reason),
+                 "broker refused: %s (%s%s)", mosquitto_reason_string(rc),
+                 b->credentials[0] ? "the login of credentials "
+                                   : "no login: the setting names no "
+                                     "credentials",
+                 b->credentials);
+    else
+        snprintf(b->conn_reason, sizeof(b->conn_reason), "broker refused: %s",
+                 mosquitto_reason_string(rc));
 }
 
 static void on_disconnect(struct mosquitto *m, void *ctx, int rc,
@@ -394,15 +422,32 @@ static void backoff(bridge *b)
     b->next_attempt = now_ms() + delay;
 }
 
-static void drop_connection(bridge *b, const char *reason)
+/* Drop the connection (or the attempt) and plan the next one.  `setup`:
+ * the sidecar's own configuration is wrong (credentials, TLS files), an
+ * error for the operator rather than a broker to wait for. */
+static void drop_connection_as(bridge *b, const char *reason, bool setup)
 {
+    char why[sizeof(b->logged_why)];
+
+    /* The library's TLS error says what "a TLS error occurred" was. */
+    if (b->tls_error[0] && strstr(reason, b->tls_error) == NULL)
+        snprintf(why, sizeof(why), "%s (%s)", reason, b->tls_error);
+    else
+        snprintf(why, sizeof(why), "%s", reason);
     if (b->connected)
         log_warn("mqtt bridge disconnected", "port=%s broker=%s reason=\"%s\"",
-                 b->key, b->broker, reason);
-    else if (!b->logged_down)
-        log_warn("mqtt bridge cannot connect; retrying",
-                 "port=%s broker=%s reason=\"%s\"", b->key, b->broker, reason);
+                 b->key, b->broker, why);
+    else if (!b->logged_down || strcmp(why, b->logged_why) != 0) {
+        if (setup)
+            log_error("mqtt bridge cannot connect; retrying",
+                      "port=%s broker=%s reason=\"%s\"", b->key, b->broker,
+                      why);
+        else
+            log_warn("mqtt bridge cannot connect; retrying",
+                     "port=%s broker=%s reason=\"%s\"", b->key, b->broker, why);
+    }
     b->logged_down = true;
+    snprintf(b->logged_why, sizeof(b->logged_why), "%s", why);
     if (b->mosq)
         mosquitto_destroy(b->mosq);
     b->mosq = NULL;
@@ -415,8 +460,122 @@ static void drop_connection(bridge *b, const char *reason)
     backoff(b);
 }
 
+static void drop_connection(bridge *b, const char *reason)
+{
+    drop_connection_as(b, reason, false);
+}
+
+/* The library reports TLS failures (certificate verify failed, no
+ * matching host name...) only in its log: keep the first error of the
+ * connection for the bridge's own log line.  Nothing it logs carries the
+ * password. */
+static void on_log(struct mosquitto *m, void *ctx, int level, const char *msg)
+{
+    bridge *b = ctx;
+
+    (void)m;
+    if ((level & MOSQ_LOG_ERR) && b->tls_error[0] == '\0')
+        snprintf(b->tls_error, sizeof(b->tls_error), "%s", msg);
+}
+
+/* Set up TLS on the new client: verify the broker's certificate against
+ * the CA bundle and its name against the host, TLS 1.2 or later.  0, or
+ * -1 with `reason` set. */
+static int tls_setup(bridge *b, char *reason, size_t len)
+{
+    sc_bridges *s = b->set;
+    const char *ca = s->ca_file ? s->ca_file : SC_BRIDGES_DEFAULT_CA;
+    int rc;
+
+    if (access(ca, R_OK) != 0) {
+        snprintf(reason, len, "TLS: cannot read the CA file %s: %s", ca,
+                 strerror(errno));
+        return -1;
+    }
+    rc = mosquitto_tls_set(b->mosq, ca, NULL, s->cert_file, s->key_file, NULL);
+    if (rc == MOSQ_ERR_SUCCESS)
+        /* 1: SSL_VERIFY_PEER; "tlsv1.2" means 1.2 and later. */
+        rc = mosquitto_tls_opts_set(b->mosq, 1, "tlsv1.2", NULL);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_tls_insecure_set(b->mosq, false);
+    if (rc != MOSQ_ERR_SUCCESS) {
+        snprintf(reason, len,
+                 "TLS: cannot use the CA file %s or the client certificate "
+                 "%s / key %s: %s",
+                 ca, s->cert_file ? s->cert_file : "(none)",
+                 s->key_file ? s->key_file : "(none)", mosquitto_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* Read <credentials_dir>/<name> ("username:password", one line, an
+ * optional line end) and hand the login to the client.  0, or -1 with
+ * `reason` set: it names the file, never what the file holds. */
+static int login_setup(bridge *b, char *reason, size_t len)
+{
+    const char *dir = b->set->credentials_dir;
+    char path[4096], text[CREDENTIALS_MAX + 2], *colon;
+    ssize_t n = 0, got;
+    int fd, rc;
+
+    if (dir == NULL) {
+        snprintf(reason, len,
+                 "the setting names credentials \"%s\" but the sidecar "
+                 "has no credentials directory (--mqtt-credentials-dir)",
+                 b->credentials);
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/%s", dir, b->credentials);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        snprintf(reason, len, "credentials file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (n < (ssize_t)sizeof(text) - 1 &&
+           (got = read(fd, text + n, sizeof(text) - 1 - (size_t)n)) != 0) {
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(reason, len, "credentials file %s: %s", path,
+                     strerror(errno));
+            close(fd);
+            explicit_bzero(text, sizeof(text));
+            return -1;
+        }
+        n += got;
+    }
+    close(fd);
+    text[n] = '\0';
+    if (n > 0 && text[n - 1] == '\n')
+        text[--n] = '\0';
+    if (n > 0 && text[n - 1] == '\r')
+        text[--n] = '\0';
+    colon = strchr(text, ':');
+    if (n > CREDENTIALS_MAX || strlen(text) != (size_t)n ||
+        strpbrk(text, "\r\n") != NULL || colon == NULL || colon == text ||
+        colon[1] == '\0') {
+        snprintf(reason, len,
+                 "credentials file %s is badly formed: expected one line "
+                 "username:password",
+                 path);
+        explicit_bzero(text, sizeof(text));
+        return -1;
+    }
+    *colon = '\0';
+    /* The library keeps its own copies. */
+    rc = mosquitto_username_pw_set(b->mosq, text, colon + 1);
+    explicit_bzero(text, sizeof(text));
+    if (rc != MOSQ_ERR_SUCCESS) {
+        snprintf(reason, len, "credentials file %s: %s", path,
+                 mosquitto_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
 static void connect_start(bridge *b)
 {
+    char setup_reason[sizeof(b->logged_why)];
     int rc;
 
     b->mosq = mosquitto_new(b->client_id, true, b);
@@ -431,9 +590,19 @@ static void connect_start(bridge *b)
     mosquitto_connect_v5_callback_set(b->mosq, on_connect);
     mosquitto_disconnect_v5_callback_set(b->mosq, on_disconnect);
     mosquitto_publish_v5_callback_set(b->mosq, on_publish);
+    mosquitto_log_callback_set(b->mosq, on_log);
     b->connected = false;
     b->conn_failed = false;
+    b->tls_error[0] = '\0';
     b->connect_started = now_ms();
+    /* Both read their files now, for every connection: a renewed
+     * certificate or a rotated password applies at the next reconnect. */
+    if ((b->tls && tls_setup(b, setup_reason, sizeof(setup_reason)) != 0) ||
+        (b->credentials[0] &&
+         login_setup(b, setup_reason, sizeof(setup_reason)) != 0)) {
+        drop_connection_as(b, setup_reason, true);
+        return;
+    }
     /* Non-blocking connect driven by mosquitto_loop below, so that a
      * broker that never answers cannot hold up stopping. */
     rc = mosquitto_connect_async(b->mosq, b->host, b->port, KEEPALIVE_S);
@@ -836,6 +1005,7 @@ static int bridge_new(sc_bridges *s, const char *name, const json_t *port_doc,
     const char *broker = json_string_value(json_object_get(m, "broker"));
     const char *topic = json_string_value(json_object_get(m, "topic"));
     const char *audience = json_string_value(json_object_get(m, "audience"));
+    const char *cred = json_string_value(json_object_get(m, "credentials"));
     const char *pname = json_string_value(json_object_get(port_doc, "name"));
     const json_t *qos = json_object_get(m, "qos");
     bridge *b;
@@ -855,6 +1025,15 @@ static int bridge_new(sc_bridges *s, const char *name, const json_t *port_doc,
     snprintf(b->broker, sizeof(b->broker), "%s", broker);
     snprintf(b->topic, sizeof(b->topic), "%s", topic);
     snprintf(b->audience, sizeof(b->audience), "%s", audience);
+    /* A name (checked by common/resource.c), never a path: it must stay
+     * inside the credentials directory. */
+    if (cred != NULL &&
+        (cred[0] == '\0' || cred[0] == '.' || strchr(cred, '/') != NULL ||
+         strlen(cred) >= sizeof(b->credentials))) {
+        bridge_free(b);
+        return -1;
+    }
+    snprintf(b->credentials, sizeof(b->credentials), "%s", cred ? cred : "");
     b->qos = json_is_integer(qos) ? (int)json_integer_value(qos) : 1;
     if (b->qos != 0)
         b->qos = 1;
@@ -866,7 +1045,8 @@ static int bridge_new(sc_bridges *s, const char *name, const json_t *port_doc,
              "%s/bridges/%s.%s.%s.offset", s->state_dir, s->domain, name,
              pname);
     b->seed = (unsigned)now_ms() ^ (unsigned)(uintptr_t)b;
-    if (parse_broker(broker, b->host, sizeof(b->host), &b->port) != 0 ||
+    if (parse_broker(broker, b->host, sizeof(b->host), &b->port, &b->tls) !=
+            0 ||
         (b->port_doc = json_deep_copy(port_doc)) == NULL ||
         (b->settings = strdup(settings)) == NULL) {
         bridge_free(b);
@@ -976,8 +1156,11 @@ static int reconcile(sc_bridges *s, sc_snapshot *snap)
             } else {
                 s->bridges[s->n++] = b;
                 log_info("mqtt bridge started",
-                         "port=%s broker=%s topic=%s audience=%s qos=%d",
-                         b->key, b->broker, b->topic, b->audience, b->qos);
+                         "port=%s broker=%s topic=%s audience=%s qos=%d "
+                         "tls=%s credentials=%s",
+                         b->key, b->broker, b->topic, b->audience, b->qos,
+                         b->tls ? "yes" : "no",
+                         b->credentials[0] ? b->credentials : "(none)");
             }
         }
         free(want[j].settings);
@@ -1017,11 +1200,55 @@ static void *manager_main(void *arg)
 
 /* ---- public -------------------------------------------------------------- */
 
+static const char *given(const char *s)
+{
+    return s != NULL && s[0] != '\0' ? s : NULL;
+}
+
+/* Files are checked at start, so that a typo in a flag is an error then
+ * rather than a bridge that never connects. */
+static int check_files(const sc_bridges_options *o, polis_error *err)
+{
+    const char *files[3] = {given(o->ca_file), given(o->cert_file),
+                            given(o->key_file)};
+    static const char *const what[3] = {
+        "the CA file (--mqtt-ca-file)",
+        "the client certificate (--mqtt-cert-file)",
+        "the client key (--mqtt-key-file)"};
+    struct stat st;
+
+    if ((files[1] == NULL) != (files[2] == NULL))
+        return polis_error_set(err, POLIS_EINVAL,
+                               files[1] ? files[1] : files[2],
+                               "a client certificate needs its key and a "
+                               "key its certificate: give both "
+                               "--mqtt-cert-file and --mqtt-key-file, or "
+                               "neither");
+    for (int i = 0; i < 3; i++)
+        if (files[i] != NULL && access(files[i], R_OK) != 0)
+            return polis_error_set(err, POLIS_EINVAL, files[i],
+                                   "cannot read %s: %s", what[i],
+                                   strerror(errno));
+    if (given(o->credentials_dir) == NULL)
+        return 0;
+    if (stat(o->credentials_dir, &st) != 0)
+        return polis_error_set(err, POLIS_EINVAL, o->credentials_dir,
+                               "cannot use the credentials directory "
+                               "(--mqtt-credentials-dir): %s",
+                               strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return polis_error_set(err, POLIS_EINVAL, o->credentials_dir,
+                               "the credentials directory "
+                               "(--mqtt-credentials-dir) is not a directory");
+    return 0;
+}
+
 int sc_bridges_start(const sc_bridges_options *o, sc_bridges **out,
                      polis_error *err)
 {
     sc_bridges *s;
     char dir[4096];
+    int rc;
 
     *out = NULL;
     if (o == NULL || o->domain == NULL || o->id == NULL ||
@@ -1031,6 +1258,8 @@ int sc_bridges_start(const sc_bridges_options *o, sc_bridges **out,
                                "the MQTT bridges need a domain, an id, a "
                                "state dir, the snapshot slot, the ports and "
                                "the event ports");
+    if ((rc = check_files(o, err)) != 0)
+        return rc;
     if ((size_t)snprintf(dir, sizeof(dir), "%s/bridges", o->state_dir) >=
         sizeof(dir))
         return polis_error_set(err, POLIS_ETOOBIG, o->state_dir,
@@ -1055,6 +1284,10 @@ int sc_bridges_start(const sc_bridges_options *o, sc_bridges **out,
     s->reconnect_max_ms = o->reconnect_max_ms > 0 ? o->reconnect_max_ms : 10000;
     if (s->reconnect_max_ms < BACKOFF_MIN_MS)
         s->reconnect_max_ms = BACKOFF_MIN_MS;
+    s->ca_file = given(o->ca_file);
+    s->cert_file = given(o->cert_file);
+    s->key_file = given(o->key_file);
+    s->credentials_dir = given(o->credentials_dir);
     s->last_failed_rev = -1;
     pthread_mutex_init(&s->mu, NULL);
     cond_init_monotonic(&s->cv);

@@ -1,10 +1,12 @@
 /*
  * mqtt_bridge.h — forwards the governed view of event ports to MQTT
  * brokers with libmosquitto: for every DataProduct of the snapshot in force
- * whose event port has an `mqtt` setting (broker, topic, audience, qos),
- * one bridge reads the port's log, masks and filters each event as the
- * audience principal's decision says, and publishes it to the topic;
- * it reconnects with backoff and resends what the broker did not
+ * whose event port has an `mqtt` setting (broker, topic, audience, qos,
+ * credentials), one bridge reads the port's log, masks and filters each event
+ * as the audience principal's decision says, and publishes it to the topic; it
+ * connects with TLS to mqtts:// brokers, logs in with the credentials file the
+ * setting names (read at every connect, so a rotated secret applies at the next
+ * reconnect), reconnects with backoff and resends what the broker did not
  * acknowledge.  docs/internals/mqtt_bridge.md.
  */
 #ifndef POLIS_SC_MQTT_BRIDGE_H
@@ -27,12 +29,28 @@ typedef struct sc_bridges_options {
     sc_ports *ports;        /* the product catalogue */
     sc_events *events;      /* the event ports' logs */
     int reconnect_max_ms;   /* backoff cap; 0: 10000 */
+    /* mqtts:// brokers: the CA bundle that verifies them (NULL or "":
+     * SC_BRIDGES_DEFAULT_CA), and an optional client certificate and key
+     * for mutual TLS (both or neither; NULL or "": none). */
+    const char *ca_file;
+    const char *cert_file;
+    const char *key_file;
+    /* Where a setting's `credentials: NAME` is looked up: the file
+     * <credentials_dir>/NAME holds "username:password" (NULL or "": no
+     * bridge with credentials can connect). */
+    const char *credentials_dir;
 } sc_bridges_options;
+
+#define SC_BRIDGES_DEFAULT_CA "/etc/ssl/certs/ca-certificates.crt"
 
 /*
  * Start the bridge set: it follows the snapshot in force, starting,
  * restarting (changed settings) and stopping one bridge per bridged event
- * port.  Everything in `o` is borrowed and must outlive the set.  Caller
+ * port.  Everything in `o` is borrowed and must outlive the set.  Fails
+ * with POLIS_EINVAL (where: the file) when a CA file, certificate or key
+ * given is unreadable, when only one of cert_file and key_file is given,
+ * or when credentials_dir is not a directory; a missing default CA bundle
+ * is only an error for the mqtts:// bridges, when they connect.  Caller
  * stops and frees with sc_bridges_free.
  */
 int sc_bridges_start(const sc_bridges_options *o, sc_bridges **out,

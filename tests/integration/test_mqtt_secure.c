@@ -1,0 +1,623 @@
+/*
+ * test_mqtt_secure.c — the MQTT bridge against a broker that requires TLS
+ * and a login: a throwaway CA and broker certificate made with the openssl
+ * CLI, a real Mosquitto with a TLS listener and a password file, real
+ * etcd, control plane and sidecars.  With the right CA and login the
+ * governed view arrives; a wrong password is refused and logged without
+ * the password, and a corrected credentials file applies at the next retry
+ * without a restart; a CA that did not sign the broker's certificate is
+ * refused.
+ */
+#include "common/rpc.h"
+#include "tests/support/cpenv.h"
+#include "tests/support/govclient.h"
+#include "tests/support/sidecarenv.h"
+#include "tests/support/testutil.h"
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <mosquitto.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PUBLISHER   "orders-service-token-0123456789"
+#define TOPIC       "polis/sales/orders-secure"
+#define BRIDGE_USER "partner-bridge"
+#define RIGHT_PW    "Right-pw-7f3c9a1e"
+#define WRONG_PW    "Wrong-pw-41d2b8c0"
+#define MALFORMED   "no-colon-Malformed-5e6f"
+#define READER_USER "reader"
+#define READER_PW   "Reader-pw-0a9b8c"
+#define MAX_MSGS    64
+#define WAIT_MS     15000
+
+static cpenv *cp;
+static rpc_channel *gov;
+static sidecarenv *sc;
+static testenv_proc *broker;
+static const char *dir;
+static char path_ca[600], path_rogue_ca[600], path_creds_dir[600],
+    path_creds[600], broker_conf[600], broker_log[600];
+static int broker_port;
+
+static struct {
+    pthread_mutex_t mu;
+    struct mosquitto *mosq;
+    json_t *msgs[MAX_MSGS]; /* envelopes, in order of arrival */
+    size_t n;
+    bool subscribed;
+} sub = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Run a tool (openssl, mosquitto_passwd) to completion, its output
+ * appended to <dir>/tools.log; 0 when it exits 0 within 20 s. */
+static int run_tool(const char *const argv[])
+{
+    char log[700];
+    int64_t until = now_ms() + 20000;
+    int status = -1, fd;
+    pid_t pid, r;
+
+    snprintf(log, sizeof(log), "%s/tools.log", dir);
+    if ((pid = fork()) < 0)
+        return -1;
+    if (pid == 0) {
+        fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    while ((r = waitpid(pid, &status, WNOHANG)) == 0 && now_ms() < until)
+        usleep(10 * 1000);
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fprintf(stderr, "\n%s hung\n", argv[0]);
+        return -1;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        char *tail = testenv_file_tail(log, 2000);
+        fprintf(stderr, "\n%s failed:\n%s\n", argv[0], tail);
+        free(tail);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_file(const char *path, const char *text)
+{
+    char tmp[700];
+    FILE *f;
+
+    /* tmp + rename, as a Secret volume swaps its files. */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if ((f = fopen(tmp, "w")) == NULL)
+        return -1;
+    fputs(text, f);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}
+
+/* ---- certificates, passwords, the broker --------------------------------- */
+
+/* A self-signed CA: <dir>/<name>.crt and .key. */
+static int make_ca(const char *name, char *crt, size_t len)
+{
+    char key[600], subj[100];
+    const char *argv[] = {"openssl",
+                          "req",
+                          "-x509",
+                          "-newkey",
+                          "ec",
+                          "-pkeyopt",
+                          "ec_paramgen_curve:prime256v1",
+                          "-nodes",
+                          "-days",
+                          "2",
+                          "-subj",
+                          subj,
+                          "-addext",
+                          "basicConstraints=critical,CA:TRUE",
+                          "-addext",
+                          "keyUsage=critical,keyCertSign,cRLSign",
+                          "-keyout",
+                          key,
+                          "-out",
+                          crt,
+                          NULL};
+
+    snprintf(crt, len, "%s/%s.crt", dir, name);
+    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
+    snprintf(subj, sizeof(subj), "/CN=%s", name);
+    return run_tool(argv);
+}
+
+/* The broker's key and a certificate for 127.0.0.1 and localhost signed
+ * by <dir>/ca; the password file with the bridge's and the reader's
+ * logins. */
+static int make_broker_files(void)
+{
+    char key[600], csr[600], crt[600], ext[600], cakey[600], pw[600];
+    const char *req[] = {"openssl",
+                         "req",
+                         "-new",
+                         "-newkey",
+                         "ec",
+                         "-pkeyopt",
+                         "ec_paramgen_curve:prime256v1",
+                         "-nodes",
+                         "-subj",
+                         "/CN=localhost",
+                         "-keyout",
+                         key,
+                         "-out",
+                         csr,
+                         NULL};
+    const char *sign[] = {
+        "openssl", "x509",  "-req",     "-in", csr,
+        "-CA",     path_ca, "-CAkey",   cakey, "-CAcreateserial",
+        "-days",   "2",     "-extfile", ext,   "-out",
+        crt,       NULL};
+    const char *pw1[] = {"mosquitto_passwd", "-b",     "-c", pw,
+                         BRIDGE_USER,        RIGHT_PW, NULL};
+    const char *pw2[] = {"mosquitto_passwd", "-b",      pw,
+                         READER_USER,        READER_PW, NULL};
+
+    snprintf(key, sizeof(key), "%s/server.key", dir);
+    snprintf(csr, sizeof(csr), "%s/server.csr", dir);
+    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
+    snprintf(ext, sizeof(ext), "%s/san.cnf", dir);
+    snprintf(cakey, sizeof(cakey), "%s/ca.key", dir);
+    snprintf(pw, sizeof(pw), "%s/passwords", dir);
+    if (write_file(ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n") != 0 ||
+        run_tool(req) || run_tool(sign) || run_tool(pw1) || run_tool(pw2))
+        return -1;
+    return 0;
+}
+
+static int broker_start(void)
+{
+    const char *argv[] = {"/usr/sbin/mosquitto", "-c", broker_conf, NULL};
+
+    broker = testenv_spawn(argv, NULL, broker_log);
+    if (broker == NULL || testenv_wait_port("127.0.0.1", broker_port, 10000)) {
+        char *tail = testenv_file_tail(broker_log, 2000);
+        fprintf(stderr, "\nmosquitto did not start:\n%s\n", tail);
+        free(tail);
+        return -1;
+    }
+    return 0;
+}
+
+static int broker_setup(void)
+{
+    FILE *f;
+
+    if ((broker_port = testenv_free_port()) < 0 ||
+        make_ca("ca", path_ca, sizeof(path_ca)) ||
+        make_ca("rogue-ca", path_rogue_ca, sizeof(path_rogue_ca)) ||
+        make_broker_files())
+        return -1;
+    snprintf(broker_conf, sizeof(broker_conf), "%s/mosquitto.conf", dir);
+    snprintf(broker_log, sizeof(broker_log), "%s/mosquitto.log", dir);
+    if ((f = fopen(broker_conf, "w")) == NULL)
+        return -1;
+    /* Persistence keeps the reader's session across a broker restart (see
+     * test_mqtt_bridge.c, also for `user root`). */
+    fprintf(f,
+            "listener %d 127.0.0.1\n"
+            "cafile %s\ncertfile %s/server.crt\nkeyfile %s/server.key\n"
+            "require_certificate false\n"
+            "tls_version tlsv1.2\n"
+            "allow_anonymous false\n"
+            "password_file %s/passwords\n"
+            "user root\n"
+            "persistence true\npersistence_location %s/\n"
+            "log_dest stderr\nlog_type all\n",
+            broker_port, path_ca, dir, dir, dir, dir);
+    return fclose(f) == 0 ? broker_start() : -1;
+}
+
+/* ---- the reader: a TLS, logged-in subscriber ----------------------------- */
+
+static void on_sub_connect(struct mosquitto *m, void *ctx, int rc)
+{
+    (void)ctx;
+    if (rc == 0)
+        mosquitto_subscribe(m, NULL, TOPIC, 1);
+}
+
+static void on_sub_disconnect(struct mosquitto *m, void *ctx, int rc)
+{
+    (void)m;
+    (void)ctx;
+    (void)rc;
+    pthread_mutex_lock(&sub.mu);
+    sub.subscribed = false;
+    pthread_mutex_unlock(&sub.mu);
+}
+
+static void on_sub_subscribe(struct mosquitto *m, void *ctx, int mid, int n,
+                             const int *granted)
+{
+    (void)m;
+    (void)ctx;
+    (void)mid;
+    pthread_mutex_lock(&sub.mu);
+    sub.subscribed = n == 1 && granted[0] == 1;
+    pthread_mutex_unlock(&sub.mu);
+}
+
+static void on_sub_message(struct mosquitto *m, void *ctx,
+                           const struct mosquitto_message *msg)
+{
+    json_t *j = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
+
+    (void)m;
+    (void)ctx;
+    pthread_mutex_lock(&sub.mu);
+    if (j != NULL && sub.n < MAX_MSGS)
+        sub.msgs[sub.n++] = j;
+    else
+        json_decref(j);
+    pthread_mutex_unlock(&sub.mu);
+}
+
+/* Wait (bounded) until the reader holds its subscription. */
+static int wait_subscribed(void)
+{
+    int64_t until = now_ms() + WAIT_MS;
+
+    while (now_ms() < until) {
+        bool ok;
+        pthread_mutex_lock(&sub.mu);
+        ok = sub.subscribed;
+        pthread_mutex_unlock(&sub.mu);
+        if (ok)
+            return 0;
+        usleep(20 * 1000);
+    }
+    fprintf(stderr, "\nthe reader never got its SUBACK\n");
+    return -1;
+}
+
+static int subscriber_start(void)
+{
+    sub.mosq = mosquitto_new("polis-secure-reader", false, NULL);
+    if (sub.mosq == NULL)
+        return -1;
+    mosquitto_connect_callback_set(sub.mosq, on_sub_connect);
+    mosquitto_disconnect_callback_set(sub.mosq, on_sub_disconnect);
+    mosquitto_subscribe_callback_set(sub.mosq, on_sub_subscribe);
+    mosquitto_message_callback_set(sub.mosq, on_sub_message);
+    mosquitto_reconnect_delay_set(sub.mosq, 1, 1, false);
+    if (mosquitto_username_pw_set(sub.mosq, READER_USER, READER_PW) ||
+        mosquitto_tls_set(sub.mosq, path_ca, NULL, NULL, NULL, NULL) ||
+        mosquitto_connect_async(sub.mosq, "127.0.0.1", broker_port, 30) ||
+        mosquitto_loop_start(sub.mosq))
+        return -1;
+    return wait_subscribed();
+}
+
+static void subscriber_stop(void)
+{
+    if (sub.mosq == NULL)
+        return;
+    mosquitto_disconnect(sub.mosq);
+    mosquitto_loop_stop(sub.mosq, false);
+    mosquitto_destroy(sub.mosq);
+    sub.mosq = NULL;
+    for (size_t i = 0; i < sub.n; i++)
+        json_decref(sub.msgs[i]);
+    sub.n = 0;
+}
+
+/* The event of the first message whose event has this order_id (a new
+ * reference), or NULL. */
+static json_t *event_of(int order_id)
+{
+    json_t *ev = NULL;
+
+    pthread_mutex_lock(&sub.mu);
+    for (size_t i = 0; i < sub.n && ev == NULL; i++) {
+        json_t *e = json_object_get(sub.msgs[i], "event");
+        if (json_integer_value(json_object_get(e, "order_id")) == order_id)
+            ev = json_incref(e);
+    }
+    pthread_mutex_unlock(&sub.mu);
+    return ev;
+}
+
+static json_t *wait_event(int order_id, int timeout_ms)
+{
+    int64_t until = now_ms() + timeout_ms;
+    json_t *ev;
+
+    while ((ev = event_of(order_id)) == NULL && now_ms() < until)
+        usleep(20 * 1000);
+    return ev;
+}
+
+/* Whether the event of order_id arrives within timeout_ms. */
+static bool arrives(int order_id, int timeout_ms)
+{
+    json_t *ev = wait_event(order_id, timeout_ms);
+
+    json_decref(ev);
+    return ev != NULL;
+}
+
+/* The event of order_id arrives (bounded) as the partner's view: the
+ * email masked.  CUnit assertions; false (the log printed) when not. */
+static bool arrives_governed(const sidecarenv *s, int order_id)
+{
+    json_t *ev = wait_event(order_id, WAIT_MS);
+    const char *email = json_string_value(json_object_get(ev, "email"));
+
+    CU_ASSERT_PTR_NOT_NULL(ev);
+    if (ev == NULL)
+        sidecarenv_dump_log(s, 3000);
+    else
+        CU_ASSERT_STRING_EQUAL(email ? email : "(none)", "****@example.com");
+    json_decref(ev);
+    return ev != NULL;
+}
+
+/* ---- the sidecars' logs and pages ---------------------------------------- */
+
+/* How often `needle` occurs in the sidecar's log, ignoring case. */
+static int log_count(const sidecarenv *s, const char *needle)
+{
+    char *log = testenv_file_tail(s->log_path, 4 << 20);
+    int n = 0;
+
+    for (const char *p = log; p && (p = strcasestr(p, needle)); p++)
+        n++;
+    free(log);
+    return n;
+}
+
+static int wait_logged(const sidecarenv *s, const char *needle, int before)
+{
+    int64_t until = now_ms() + WAIT_MS;
+
+    while (now_ms() < until) {
+        if (log_count(s, needle) > before)
+            return 0;
+        usleep(50 * 1000);
+    }
+    fprintf(stderr, "\nthe sidecar never logged \"%s\"\n", needle);
+    sidecarenv_dump_log(s, 3000);
+    return -1;
+}
+
+/* No secret in the sidecar's log nor in its /metrics page. */
+static void assert_no_secrets(const sidecarenv *s)
+{
+    static const char *const secrets[] = {RIGHT_PW, WRONG_PW, MALFORMED,
+                                          READER_PW};
+    char url[128];
+    gc_response r;
+
+    snprintf(url, sizeof(url), "%s/metrics", s->admin_url);
+    gc_http(NULL, url, NULL, NULL, NULL, 5000, &r);
+    CU_ASSERT_EQUAL(r.status, 200);
+    for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+        CU_ASSERT_EQUAL(log_count(s, secrets[i]), 0);
+        CU_ASSERT_PTR_NULL(r.body ? strstr(r.body, secrets[i]) : NULL);
+    }
+    gc_response_free(&r);
+}
+
+/* POST one event to the sidecar's event port; 0 or -1. */
+static int publish(const sidecarenv *s, int order_id)
+{
+    char url[256], body[200];
+    gc_response r;
+    long st;
+
+    snprintf(url, sizeof(url), "%s/v1/products/sales/orders/events",
+             s->http_url);
+    snprintf(body, sizeof(body),
+             "[{\"order_id\":%d,\"email\":\"u%d@example.com\",\"amount\":%d}]",
+             order_id, order_id, order_id);
+    st = gc_http(NULL, url, PUBLISHER, body, NULL, 10000, &r);
+    if (st != 200)
+        fprintf(stderr, "\npublish -> %ld: %s\n", st, r.body ? r.body : "");
+    gc_response_free(&r);
+    return st == 200 ? 0 : -1;
+}
+
+static sidecarenv *start_sidecar(const char *id, const char *ca)
+{
+    const char *args[] = {"--mqtt-ca-file",
+                          ca,
+                          "--mqtt-credentials-dir",
+                          path_creds_dir,
+                          "--mqtt-reconnect-max-ms",
+                          "1000",
+                          NULL};
+    sidecarenv_options so = {.domain = "sales",
+                             .id = id,
+                             .controlplane = cp->grpc_target,
+                             .extra_args = args,
+                             .wait_ready = true};
+
+    return sidecarenv_start(&so);
+}
+
+/* ---- the suite ----------------------------------------------------------- */
+
+static int suite_cleanup(void)
+{
+    subscriber_stop();
+    sidecarenv_free(sc);
+    sc = NULL;
+    rpc_channel_free(gov);
+    gov = NULL;
+    cpenv_stop(cp);
+    cp = NULL;
+    testenv_proc_stop(broker, 5000);
+    broker = NULL;
+    mosquitto_lib_cleanup();
+    curl_global_cleanup();
+    return 0;
+}
+
+static int suite_init(void)
+{
+    static const char *const cp_args[] = {"--debounce-ms", "20", NULL};
+    cpenv_options o = {.extra_args = cp_args};
+    char product[1500];
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    mosquitto_lib_init();
+    if ((dir = testenv_tmpdir("mqtts")) == NULL || broker_setup() != 0)
+        goto fail;
+    snprintf(path_creds_dir, sizeof(path_creds_dir), "%s/creds", dir);
+    snprintf(path_creds, sizeof(path_creds), "%s/partner-broker",
+             path_creds_dir);
+    if (mkdir(path_creds_dir, 0700) != 0 ||
+        write_file(path_creds, BRIDGE_USER ":" RIGHT_PW "\n") != 0)
+        goto fail;
+    snprintf(product, sizeof(product),
+             "{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\","
+             "\"metadata\":{\"name\":\"orders\"},\"spec\":{\"domain\":"
+             "\"sales\",\"ports\":[{\"name\":\"changes\",\"type\":\"event\","
+             "\"publishers\":[\"orders-service\"],\"mqtt\":{\"broker\":"
+             "\"mqtts://127.0.0.1:%d\",\"topic\":\"" TOPIC "\",\"audience\":"
+             "\"partner\",\"credentials\":\"partner-broker\"}}],\"schema\":["
+             "{\"name\":\"order_id\",\"type\":\"integer\"},"
+             "{\"name\":\"email\",\"type\":\"string\",\"classification\":"
+             "[\"pii.email\"]},{\"name\":\"amount\",\"type\":\"integer\"}]}}",
+             broker_port);
+    cp = cpenv_start(&o);
+    if (cp == NULL || (gov = cpenv_channel(cp)) == NULL ||
+        gc_apply(gov, "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\","
+                      "\"metadata\":{\"name\":\"sales\"},\"spec\":{\"owners\":"
+                      "[\"s@example.com\"]}}") < 0 ||
+        gc_apply(gov, product) < 0 ||
+        gc_apply_principal(gov, "orders-service", "services", NULL, PUBLISHER) <
+            0 ||
+        gc_apply_principal(gov, "partner", "partners", NULL,
+                           "partner-token-0123456789") < 0 ||
+        gc_apply(gov,
+                 "{\"apiVersion\":\"polis/v1\",\"kind\":\"Policy\","
+                 "\"metadata\":{\"name\":\"partner-feed\"},\"spec\":{"
+                 "\"scope\":\"global\",\"rules\":["
+                 "{\"name\":\"partner-reads\",\"effect\":\"allow\","
+                 "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\"],"
+                 "\"ports\":[\"event\"]},"
+                 "{\"name\":\"service-writes\",\"effect\":\"allow\","
+                 "\"subjects\":[\"orders-service\"],\"resources\":"
+                 "[\"sales/orders\"],\"ports\":[\"event\"]},"
+                 "{\"name\":\"mask-emails\",\"effect\":\"mask\",\"subjects\":"
+                 "[\"*\"],\"resources\":[\"*\"],\"mask\":{\"method\":"
+                 "\"email\",\"classifications\":[\"pii.email\"]}}]}}") < 0)
+        goto fail;
+    /* Subscribed before anything is published: the broker keeps nothing
+     * for a topic nobody listens to. */
+    if (subscriber_start() != 0 ||
+        (sc = start_sidecar("sales-secure-1", path_ca)) == NULL)
+        goto fail;
+    return 0;
+fail:
+    suite_cleanup();
+    return -1;
+}
+
+/* ---- cases --------------------------------------------------------------- */
+
+static void test_tls_login_governed_view(void)
+{
+    CU_ASSERT_FATAL(publish(sc, 1) == 0);
+    CU_ASSERT_FATAL(arrives_governed(sc, 1));
+    CU_ASSERT(log_count(sc, "mqtt bridge connected") >= 1);
+    assert_no_secrets(sc);
+}
+
+static void test_bad_credentials_then_rotated(void)
+{
+    pid_t pid = testenv_proc_pid(sc->proc);
+    int refused = log_count(sc, "broker refused");
+    int malformed = log_count(sc, "is badly formed");
+    int connected = log_count(sc, "mqtt bridge connected");
+
+    /* A file that is not username:password: named, never shown. */
+    CU_ASSERT_FATAL(write_file(path_creds, MALFORMED "\n") == 0);
+    /* The bridge reads the file when it connects: restart the broker. */
+    CU_ASSERT_FATAL(testenv_proc_stop(broker, 5000) == 0);
+    broker = NULL;
+    CU_ASSERT_FATAL(broker_start() == 0);
+    CU_ASSERT_FATAL(wait_logged(sc, "is badly formed", malformed) == 0);
+    CU_ASSERT(log_count(sc, path_creds) >= 1);
+    /* A wrong password: the broker says no. */
+    CU_ASSERT_FATAL(write_file(path_creds, BRIDGE_USER ":" WRONG_PW "\n") == 0);
+    CU_ASSERT_FATAL(wait_logged(sc, "broker refused", refused) == 0);
+    CU_ASSERT(log_count(sc, "not authorized (the login of credentials "
+                            "partner-broker)") >= 1);
+    CU_ASSERT_FATAL(wait_subscribed() == 0);
+    CU_ASSERT_FATAL(publish(sc, 2) == 0);
+    CU_ASSERT_FALSE(arrives(2, 1500));
+    CU_ASSERT_EQUAL(log_count(sc, "mqtt bridge connected"), connected);
+    assert_no_secrets(sc);
+    /* The rotated secret applies at the next retry, same process. */
+    CU_ASSERT_FATAL(write_file(path_creds, BRIDGE_USER ":" RIGHT_PW) == 0);
+    CU_ASSERT_FATAL(arrives_governed(sc, 2));
+    CU_ASSERT_EQUAL(testenv_proc_pid(sc->proc), pid);
+    CU_ASSERT(log_count(sc, "mqtt bridge connected") > connected);
+    assert_no_secrets(sc);
+}
+
+static void test_untrusted_ca_refused(void)
+{
+    /* Same product, same login; only the CA differs. */
+    sidecarenv *other = start_sidecar("sales-secure-2", path_rogue_ca);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    CU_ASSERT(wait_logged(other, "certificate verify failed", 0) == 0);
+    CU_ASSERT(publish(other, 3) == 0);
+    CU_ASSERT_FALSE(arrives(3, 1500));
+    CU_ASSERT_EQUAL(log_count(other, "mqtt bridge connected"), 0);
+    assert_no_secrets(other);
+    sidecarenv_free(other);
+}
+
+static const test_case cases[] = {
+    {"tls_login_governed_view", test_tls_login_governed_view},
+    {"bad_credentials_then_rotated", test_bad_credentials_then_rotated},
+    {"untrusted_ca_refused", test_untrusted_ca_refused},
+    {NULL, NULL},
+};
+
+static const test_suite suites[] = {
+    {"mqtt_secure", suite_init, suite_cleanup, cases},
+    {NULL, NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    return test_main(argc, argv, suites);
+}
