@@ -478,6 +478,17 @@ static void on_log(struct mosquitto *m, void *ctx, int level, const char *msg)
         snprintf(b->tls_error, sizeof(b->tls_error), "%s", msg);
 }
 
+/* An encrypted client key is refused rather than OpenSSL's default of
+ * prompting on the terminal, from a bridge thread. */
+static int no_key_passphrase(char *buf, int size, int rwflag, void *ctx)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)ctx;
+    return 0;
+}
+
 /* Set up TLS on the new client: verify the broker's certificate against
  * the CA bundle and its name against the host, TLS 1.2 or later.  0, or
  * -1 with `reason` set. */
@@ -492,7 +503,8 @@ static int tls_setup(bridge *b, char *reason, size_t len)
                  strerror(errno));
         return -1;
     }
-    rc = mosquitto_tls_set(b->mosq, ca, NULL, s->cert_file, s->key_file, NULL);
+    rc = mosquitto_tls_set(b->mosq, ca, NULL, s->cert_file, s->key_file,
+                           no_key_passphrase);
     if (rc == MOSQ_ERR_SUCCESS)
         /* 1: SSL_VERIFY_PEER; "tlsv1.2" means 1.2 and later. */
         rc = mosquitto_tls_opts_set(b->mosq, 1, "tlsv1.2", NULL);

@@ -6,7 +6,8 @@
  * governed view arrives; a wrong password is refused and logged without
  * the password, and a corrected credentials file applies at the next retry
  * without a restart; a CA that did not sign the broker's certificate is
- * refused.
+ * refused; a listener that requires a client certificate takes the
+ * sidecar's --mqtt-cert-file and refuses a sidecar without one.
  */
 #include "common/rpc.h"
 #include "tests/support/cpenv.h"
@@ -47,8 +48,9 @@ static sidecarenv *sc;
 static testenv_proc *broker;
 static const char *dir;
 static char path_ca[600], path_rogue_ca[600], path_creds_dir[600],
-    path_creds[600], broker_conf[600], broker_log[600];
-static int broker_port;
+    path_creds[600], broker_conf[600], broker_log[600], path_client_crt[600],
+    path_client_key[600];
+static int broker_port, mtls_port; /* TLS; TLS with client certificates */
 
 static struct {
     pthread_mutex_t mu;
@@ -153,12 +155,11 @@ static int make_ca(const char *name, char *crt, size_t len)
     return run_tool(argv);
 }
 
-/* The broker's key and a certificate for 127.0.0.1 and localhost signed
- * by <dir>/ca; the password file with the bridge's and the reader's
- * logins. */
-static int make_broker_files(void)
+/* <dir>/<name>.key and a certificate <dir>/<name>.crt for `subj` signed
+ * by <dir>/ca, with the extensions of <dir>/<name>.cnf. */
+static int make_signed(const char *name, const char *subj, const char *ext_text)
 {
-    char key[600], csr[600], crt[600], ext[600], cakey[600], pw[600];
+    char key[600], csr[600], crt[600], ext[600], cakey[600];
     const char *req[] = {"openssl",
                          "req",
                          "-new",
@@ -168,7 +169,7 @@ static int make_broker_files(void)
                          "ec_paramgen_curve:prime256v1",
                          "-nodes",
                          "-subj",
-                         "/CN=localhost",
+                         subj,
                          "-keyout",
                          key,
                          "-out",
@@ -179,19 +180,36 @@ static int make_broker_files(void)
         "-CA",     path_ca, "-CAkey",   cakey, "-CAcreateserial",
         "-days",   "2",     "-extfile", ext,   "-out",
         crt,       NULL};
+    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
+    snprintf(csr, sizeof(csr), "%s/%s.csr", dir, name);
+    snprintf(crt, sizeof(crt), "%s/%s.crt", dir, name);
+    snprintf(ext, sizeof(ext), "%s/%s.cnf", dir, name);
+    snprintf(cakey, sizeof(cakey), "%s/ca.key", dir);
+    return write_file(ext, ext_text) == 0 && run_tool(req) == 0 &&
+                   run_tool(sign) == 0
+               ? 0
+               : -1;
+}
+
+/* The broker's certificate for 127.0.0.1 and localhost, the sidecar's
+ * client certificate, and the password file with the bridge's and the
+ * reader's logins. */
+static int make_broker_files(void)
+{
+    char pw[600];
     const char *pw1[] = {"mosquitto_passwd", "-b",     "-c", pw,
                          BRIDGE_USER,        RIGHT_PW, NULL};
     const char *pw2[] = {"mosquitto_passwd", "-b",      pw,
                          READER_USER,        READER_PW, NULL};
 
-    snprintf(key, sizeof(key), "%s/server.key", dir);
-    snprintf(csr, sizeof(csr), "%s/server.csr", dir);
-    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
-    snprintf(ext, sizeof(ext), "%s/san.cnf", dir);
-    snprintf(cakey, sizeof(cakey), "%s/ca.key", dir);
     snprintf(pw, sizeof(pw), "%s/passwords", dir);
-    if (write_file(ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n") != 0 ||
-        run_tool(req) || run_tool(sign) || run_tool(pw1) || run_tool(pw2))
+    snprintf(path_client_crt, sizeof(path_client_crt), "%s/client.crt", dir);
+    snprintf(path_client_key, sizeof(path_client_key), "%s/client.key", dir);
+    if (make_signed("server", "/CN=localhost",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost\n") ||
+        make_signed("client", "/CN=polis-sidecar-sales",
+                    "extendedKeyUsage=clientAuth\n") ||
+        run_tool(pw1) || run_tool(pw2))
         return -1;
     return 0;
 }
@@ -215,6 +233,7 @@ static int broker_setup(void)
     FILE *f;
 
     if ((broker_port = testenv_free_port()) < 0 ||
+        (mtls_port = testenv_free_port()) < 0 ||
         make_ca("ca", path_ca, sizeof(path_ca)) ||
         make_ca("rogue-ca", path_rogue_ca, sizeof(path_rogue_ca)) ||
         make_broker_files())
@@ -230,12 +249,16 @@ static int broker_setup(void)
             "cafile %s\ncertfile %s/server.crt\nkeyfile %s/server.key\n"
             "require_certificate false\n"
             "tls_version tlsv1.2\n"
+            "listener %d 127.0.0.1\n"
+            "cafile %s\ncertfile %s/server.crt\nkeyfile %s/server.key\n"
+            "require_certificate true\n"
             "allow_anonymous false\n"
             "password_file %s/passwords\n"
             "user root\n"
             "persistence true\npersistence_location %s/\n"
             "log_dest stderr\nlog_type all\n",
-            broker_port, path_ca, dir, dir, dir, dir);
+            broker_port, path_ca, dir, dir, mtls_port, path_ca, dir, dir, dir,
+            dir);
     return fclose(f) == 0 ? broker_start() : -1;
 }
 
@@ -430,26 +453,37 @@ static void assert_no_secrets(const sidecarenv *s)
     gc_response_free(&r);
 }
 
-/* POST one event to the sidecar's event port; 0 or -1. */
-static int publish(const sidecarenv *s, int order_id)
+/* POST one event to the event port of sales/<product>, retrying while
+ * the sidecar does not know the product yet; 0 or -1. */
+static int publish(const sidecarenv *s, const char *product, int order_id)
 {
     char url[256], body[200];
+    int64_t until = now_ms() + WAIT_MS;
     gc_response r;
     long st;
 
-    snprintf(url, sizeof(url), "%s/v1/products/sales/orders/events",
-             s->http_url);
+    snprintf(url, sizeof(url), "%s/v1/products/sales/%s/events", s->http_url,
+             product);
     snprintf(body, sizeof(body),
              "[{\"order_id\":%d,\"email\":\"u%d@example.com\",\"amount\":%d}]",
              order_id, order_id, order_id);
-    st = gc_http(NULL, url, PUBLISHER, body, NULL, 10000, &r);
+    for (;;) {
+        st = gc_http(NULL, url, PUBLISHER, body, NULL, 10000, &r);
+        if (st == 200 || st != 404 || now_ms() > until)
+            break;
+        gc_response_free(&r);
+        usleep(100 * 1000);
+    }
     if (st != 200)
         fprintf(stderr, "\npublish -> %ld: %s\n", st, r.body ? r.body : "");
     gc_response_free(&r);
     return st == 200 ? 0 : -1;
 }
 
-static sidecarenv *start_sidecar(const char *id, const char *ca)
+/* A sidecar of the domain whose bridges trust `ca`, with the client
+ * certificate when `client_cert`. */
+static sidecarenv *start_sidecar(const char *id, const char *ca,
+                                 bool client_cert)
 {
     const char *args[] = {"--mqtt-ca-file",
                           ca,
@@ -457,6 +491,10 @@ static sidecarenv *start_sidecar(const char *id, const char *ca)
                           path_creds_dir,
                           "--mqtt-reconnect-max-ms",
                           "1000",
+                          client_cert ? "--mqtt-cert-file" : NULL,
+                          path_client_crt,
+                          "--mqtt-key-file",
+                          path_client_key,
                           NULL};
     sidecarenv_options so = {.domain = "sales",
                              .id = id,
@@ -485,11 +523,29 @@ static int suite_cleanup(void)
     return 0;
 }
 
+/* Product sales/<name>: an event port bridged to the broker's `port`. */
+static int apply_product(const char *name, int port)
+{
+    char doc[1500];
+
+    snprintf(doc, sizeof(doc),
+             "{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\","
+             "\"metadata\":{\"name\":\"%s\"},\"spec\":{\"domain\":"
+             "\"sales\",\"ports\":[{\"name\":\"changes\",\"type\":\"event\","
+             "\"publishers\":[\"orders-service\"],\"mqtt\":{\"broker\":"
+             "\"mqtts://127.0.0.1:%d\",\"topic\":\"" TOPIC "\",\"audience\":"
+             "\"partner\",\"credentials\":\"partner-broker\"}}],\"schema\":["
+             "{\"name\":\"order_id\",\"type\":\"integer\"},"
+             "{\"name\":\"email\",\"type\":\"string\",\"classification\":"
+             "[\"pii.email\"]},{\"name\":\"amount\",\"type\":\"integer\"}]}}",
+             name, port);
+    return gc_apply(gov, doc) < 0 ? -1 : 0;
+}
+
 static int suite_init(void)
 {
     static const char *const cp_args[] = {"--debounce-ms", "20", NULL};
     cpenv_options o = {.extra_args = cp_args};
-    char product[1500];
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
     mosquitto_lib_init();
@@ -501,23 +557,12 @@ static int suite_init(void)
     if (mkdir(path_creds_dir, 0700) != 0 ||
         write_file(path_creds, BRIDGE_USER ":" RIGHT_PW "\n") != 0)
         goto fail;
-    snprintf(product, sizeof(product),
-             "{\"apiVersion\":\"polis/v1\",\"kind\":\"DataProduct\","
-             "\"metadata\":{\"name\":\"orders\"},\"spec\":{\"domain\":"
-             "\"sales\",\"ports\":[{\"name\":\"changes\",\"type\":\"event\","
-             "\"publishers\":[\"orders-service\"],\"mqtt\":{\"broker\":"
-             "\"mqtts://127.0.0.1:%d\",\"topic\":\"" TOPIC "\",\"audience\":"
-             "\"partner\",\"credentials\":\"partner-broker\"}}],\"schema\":["
-             "{\"name\":\"order_id\",\"type\":\"integer\"},"
-             "{\"name\":\"email\",\"type\":\"string\",\"classification\":"
-             "[\"pii.email\"]},{\"name\":\"amount\",\"type\":\"integer\"}]}}",
-             broker_port);
     cp = cpenv_start(&o);
     if (cp == NULL || (gov = cpenv_channel(cp)) == NULL ||
         gc_apply(gov, "{\"apiVersion\":\"polis/v1\",\"kind\":\"Domain\","
                       "\"metadata\":{\"name\":\"sales\"},\"spec\":{\"owners\":"
                       "[\"s@example.com\"]}}") < 0 ||
-        gc_apply(gov, product) < 0 ||
+        apply_product("orders", broker_port) ||
         gc_apply_principal(gov, "orders-service", "services", NULL, PUBLISHER) <
             0 ||
         gc_apply_principal(gov, "partner", "partners", NULL,
@@ -527,11 +572,11 @@ static int suite_init(void)
                  "\"metadata\":{\"name\":\"partner-feed\"},\"spec\":{"
                  "\"scope\":\"global\",\"rules\":["
                  "{\"name\":\"partner-reads\",\"effect\":\"allow\","
-                 "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\"],"
-                 "\"ports\":[\"event\"]},"
+                 "\"subjects\":[\"partner\"],\"resources\":[\"sales/orders\","
+                 "\"sales/refunds\"],\"ports\":[\"event\"]},"
                  "{\"name\":\"service-writes\",\"effect\":\"allow\","
                  "\"subjects\":[\"orders-service\"],\"resources\":"
-                 "[\"sales/orders\"],\"ports\":[\"event\"]},"
+                 "[\"sales/orders\",\"sales/refunds\"],\"ports\":[\"event\"]},"
                  "{\"name\":\"mask-emails\",\"effect\":\"mask\",\"subjects\":"
                  "[\"*\"],\"resources\":[\"*\"],\"mask\":{\"method\":"
                  "\"email\",\"classifications\":[\"pii.email\"]}}]}}") < 0)
@@ -539,7 +584,7 @@ static int suite_init(void)
     /* Subscribed before anything is published: the broker keeps nothing
      * for a topic nobody listens to. */
     if (subscriber_start() != 0 ||
-        (sc = start_sidecar("sales-secure-1", path_ca)) == NULL)
+        (sc = start_sidecar("sales-secure-1", path_ca, false)) == NULL)
         goto fail;
     return 0;
 fail:
@@ -551,7 +596,7 @@ fail:
 
 static void test_tls_login_governed_view(void)
 {
-    CU_ASSERT_FATAL(publish(sc, 1) == 0);
+    CU_ASSERT_FATAL(publish(sc, "orders", 1) == 0);
     CU_ASSERT_FATAL(arrives_governed(sc, 1));
     CU_ASSERT(log_count(sc, "mqtt bridge connected") >= 1);
     assert_no_secrets(sc);
@@ -578,7 +623,7 @@ static void test_bad_credentials_then_rotated(void)
     CU_ASSERT(log_count(sc, "not authorized (the login of credentials "
                             "partner-broker)") >= 1);
     CU_ASSERT_FATAL(wait_subscribed() == 0);
-    CU_ASSERT_FATAL(publish(sc, 2) == 0);
+    CU_ASSERT_FATAL(publish(sc, "orders", 2) == 0);
     CU_ASSERT_FALSE(arrives(2, 1500));
     CU_ASSERT_EQUAL(log_count(sc, "mqtt bridge connected"), connected);
     assert_no_secrets(sc);
@@ -593,21 +638,43 @@ static void test_bad_credentials_then_rotated(void)
 static void test_untrusted_ca_refused(void)
 {
     /* Same product, same login; only the CA differs. */
-    sidecarenv *other = start_sidecar("sales-secure-2", path_rogue_ca);
+    sidecarenv *other = start_sidecar("sales-secure-2", path_rogue_ca, false);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(other);
     CU_ASSERT(wait_logged(other, "certificate verify failed", 0) == 0);
-    CU_ASSERT(publish(other, 3) == 0);
+    CU_ASSERT(publish(other, "orders", 3) == 0);
     CU_ASSERT_FALSE(arrives(3, 1500));
     CU_ASSERT_EQUAL(log_count(other, "mqtt bridge connected"), 0);
     assert_no_secrets(other);
     sidecarenv_free(other);
 }
 
+/* The bridge of sales/refunds reports a failed connection attempt. */
+#define REFUSED_REFUNDS "retrying\" port=sales/refunds/changes"
+static void test_mutual_tls(void)
+{
+    sidecarenv *with_cert;
+    int failed = log_count(sc, REFUSED_REFUNDS);
+
+    /* sales/refunds goes to the listener that demands a client
+     * certificate: a sidecar with one delivers, one without is refused. */
+    CU_ASSERT_FATAL(apply_product("refunds", mtls_port) == 0);
+    with_cert = start_sidecar("sales-secure-3", path_ca, true);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(with_cert);
+    CU_ASSERT(publish(with_cert, "refunds", 4) == 0);
+    CU_ASSERT(arrives_governed(with_cert, 4));
+    CU_ASSERT(publish(sc, "refunds", 5) == 0);
+    CU_ASSERT(wait_logged(sc, REFUSED_REFUNDS, failed) == 0);
+    CU_ASSERT_FALSE(arrives(5, 1500));
+    assert_no_secrets(with_cert);
+    sidecarenv_free(with_cert);
+}
+
 static const test_case cases[] = {
     {"tls_login_governed_view", test_tls_login_governed_view},
     {"bad_credentials_then_rotated", test_bad_credentials_then_rotated},
     {"untrusted_ca_refused", test_untrusted_ca_refused},
+    {"mutual_tls", test_mutual_tls},
     {NULL, NULL},
 };
 
