@@ -460,93 +460,67 @@ static void test_port_errors(void)
 
 /* The event port's MQTT bridge: plain and TLS brokers, a named login. */
 #define STREAM "retentionHours: 24, fsync: always}"
+#define AT     "orders.yaml: spec.ports[3].mqtt."
+#define NAME_RULE_                                                             \
+    "use 1-63 lowercase letters, digits and '-', starting "                    \
+    "with a letter and not ending with '-'"
+#define BAD_BROKER "\": use mqtt://host[:port] or mqtts://host[:port] (TLS)"
+#define BAD_CREDENTIALS                                                        \
+    AT "credentials: invalid credentials name (not repeated here: it may "     \
+       "be a login): " NAME_RULE_ "; it names a file of the sidecar's "        \
+       "--mqtt-credentials-dir"
 static void test_mqtt_settings(void)
 {
     static const char *const valid[] = {
-        "mqtt: {broker: 'mqtt://broker:1883', topic: a/b, audience: partner}",
-        "mqtt: {broker: 'mqtts://broker.example.com', topic: a/b,"
-        " audience: partner, qos: 0}",
-        "mqtt: {broker: 'mqtts://10.0.0.7:8883', topic: a/b,"
-        " audience: partner, credentials: partner-broker}",
-        "mqtt: {broker: 'mqtt://b', topic: a, audience: p,"
-        " credentials: b2}",
+        "broker: 'mqtt://broker:1883', topic: a/b, audience: partner",
+        "broker: 'mqtts://broker.example.com', topic: a/b, audience: partner,"
+        " qos: 0",
+        "broker: 'mqtts://10.0.0.7:8883', topic: a/b, audience: partner,"
+        " credentials: partner-broker",
+        "broker: 'mqtt://b', topic: a, audience: p, credentials: b2",
+    };
+    /* The setting, and the error it must give. */
+    static const char *const invalid[][2] = {
+        {"broker: 'tcp://b:1883', topic: a, audience: p",
+         AT "broker: invalid broker \"tcp://b:1883" BAD_BROKER},
+        {"broker: 'mqtts://b:0', topic: a, audience: p",
+         AT "broker: invalid broker \"mqtts://b:0" BAD_BROKER},
+        {"broker: 'mqtts://', topic: a, audience: p",
+         AT "broker: invalid broker \"mqtts://" BAD_BROKER},
+        /* A login in the URL is refused without being repeated. */
+        {"broker: 'mqtts://bob:s3cret@b:8883', topic: a, audience: p",
+         AT "broker: no credentials in a resource: name a file of the "
+            "sidecar's --mqtt-credentials-dir with `credentials`"},
+        {"broker: 'mqtts://b', topic: a, audience: p, credentials: 'bob:pw'",
+         BAD_CREDENTIALS},
+        {"broker: 'mqtts://b', topic: a, audience: p, credentials: ../etc",
+         BAD_CREDENTIALS},
+        {"broker: 'mqtts://b', topic: a, audience: p, credentials: [x]",
+         AT "credentials: must be a string, not a list"},
+        {"broker: 'mqtts://b', topic: a, audience: p, password: x",
+         AT "password: unknown field (allowed: broker, topic, audience, "
+            "credentials, qos)"},
+        {"broker: 'mqtts://b', topic: 'a/#', audience: p",
+         AT "topic: invalid topic \"a/#\": no '+' or '#' wildcards, no "
+            "control characters, not starting with '$'"},
+        {"broker: 'mqtts://b', topic: a, audience: p, qos: 2",
+         AT "qos: must be 0 or 1"},
     };
     char line[512];
 
     for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
         char *yaml;
-        snprintf(line, sizeof(line), "retentionHours: 24, fsync: always, %s}",
-                 valid[i]);
+        snprintf(line, sizeof(line),
+                 "retentionHours: 24, fsync: always, mqtt: {%s}}", valid[i]);
         yaml = product_with(STREAM, line);
         expect_valid(yaml, RES_DATAPRODUCT, "sales", "orders");
         free(yaml);
     }
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'tcp://b:1883',"
-                         " topic: a, audience: p}}",
-                         "orders.yaml: spec.ports[3].mqtt.broker: invalid "
-                         "broker \"tcp://b:1883\": use mqtt://host[:port] or "
-                         "mqtts://host[:port] (TLS)");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b:0',"
-                         " topic: a, audience: p}}",
-                         "orders.yaml: spec.ports[3].mqtt.broker: invalid "
-                         "broker \"mqtts://b:0\": use mqtt://host[:port] or "
-                         "mqtts://host[:port] (TLS)");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://',"
-                         " topic: a, audience: p}}",
-                         "orders.yaml: spec.ports[3].mqtt.broker: invalid "
-                         "broker \"mqtts://\": use mqtt://host[:port] or "
-                         "mqtts://host[:port] (TLS)");
-    /* A login in the URL is refused without being repeated. */
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: "
-                         "'mqtts://bob:s3cret@b:8883', topic: a, audience: p}}",
-                         "orders.yaml: spec.ports[3].mqtt.broker: no "
-                         "credentials in a resource: name a file of the "
-                         "sidecar's --mqtt-credentials-dir with "
-                         "`credentials`");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
-                         " topic: a, audience: p, credentials: 'bob:s3cret'}}",
-                         "orders.yaml: spec.ports[3].mqtt.credentials: invalid "
-                         "credentials name (not repeated here: it may be a "
-                         "login): use 1-63 lowercase letters, digits and '-', "
-                         "starting with a letter and not ending with '-'; it "
-                         "names a file of the sidecar's "
-                         "--mqtt-credentials-dir");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
-                         " topic: a, audience: p, credentials: ../etc}}",
-                         "orders.yaml: spec.ports[3].mqtt.credentials: invalid "
-                         "credentials name (not repeated here: it may be a "
-                         "login): use 1-63 lowercase letters, digits and '-', "
-                         "starting with a letter and not ending with '-'; it "
-                         "names a file of the sidecar's "
-                         "--mqtt-credentials-dir");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
-                         " topic: a, audience: p, credentials: [x]}}",
-                         "orders.yaml: spec.ports[3].mqtt.credentials: must "
-                         "be a string, not a list");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
-                         " topic: a, audience: p, password: x}}",
-                         "orders.yaml: spec.ports[3].mqtt.password: unknown "
-                         "field (allowed: broker, topic, audience, "
-                         "credentials, qos)");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
-                         " topic: 'a/#', audience: p}}",
-                         "orders.yaml: spec.ports[3].mqtt.topic: invalid "
-                         "topic \"a/#\": no '+' or '#' wildcards, no control "
-                         "characters, not starting with '$'");
-    expect_product_error(STREAM,
-                         "retentionHours: 24, mqtt: {broker: 'mqtts://b',"
-                         " topic: a, audience: p, qos: 2}}",
-                         "orders.yaml: spec.ports[3].mqtt.qos: must be 0 or "
-                         "1");
+    for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
+        snprintf(line, sizeof(line), "retentionHours: 24, mqtt: {%s}}",
+                 invalid[i][0]);
+        expect_product_error(STREAM, line, invalid[i][1]);
+    }
 }
 
 static void test_product_other_errors(void)
