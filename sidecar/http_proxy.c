@@ -1,14 +1,21 @@
 /*
  * http_proxy.c — the HTTP port's reverse proxy (http_proxy.h): evhttp
- * client connections on the serving loop, kept alive in a per-loop pool
- * between requests, end-to-end headers
- * copied, the caller's identity added, the response relayed chunk by chunk
- * with upstream reads paused while the client lags.
+ * client connections on the serving loop (TLS through libevent's OpenSSL
+ * bufferevents, names through evdns), kept alive in a per-loop pool
+ * between requests, end-to-end headers copied, the caller's identity
+ * added, the response relayed chunk by chunk with upstream reads paused
+ * while the client lags.
  */
 #include "sidecar/http_proxy.h"
 
+#include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/http_struct.h> /* the answer's HTTP version */
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +40,7 @@
 typedef struct hp_idle {
     char host[256];
     int port;
+    bool tls;
     struct evhttp_connection *evcon;
     time_t since;
 } hp_idle;
@@ -40,6 +48,8 @@ typedef struct hp_idle {
 struct hp_pool {
     hp_idle idle[HP_POOL_MAX];
     size_t n;
+    struct evdns_base *dns;
+    SSL_CTX *tls; /* borrowed */
 };
 
 typedef struct hp_ctx {
@@ -47,6 +57,7 @@ typedef struct hp_ctx {
     hp_pool *pool;
     char host[256];
     int port;
+    bool tls;      /* https */
     bool reusable; /* the exchange completed: uevcon may serve another */
     struct evhttp_request *req;       /* the client's */
     struct evhttp_connection *cevcon; /* the client's connection */
@@ -133,13 +144,19 @@ static void set_client_timeouts(hp_ctx *c, int read_ms, int write_ms)
                                  write_ms ? &w : NULL);
 }
 
-static void reply_gateway(struct evhttp_request *req, int code)
+/* detail: NULL, or a short text of ours (no quotes or backslashes). */
+static void reply_gateway(struct evhttp_request *req, int code,
+                          const char *detail)
 {
     struct evbuffer *b = evbuffer_new();
 
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "application/json");
-    if (b)
+    if (b && detail)
+        evbuffer_add_printf(b, "{\"error\":\"%s\",\"detail\":\"%s\"}\n",
+                            code == 504 ? "gateway timeout" : "bad gateway",
+                            detail);
+    else if (b)
         evbuffer_add_printf(b, "{\"error\":\"%s\"}\n",
                             code == 504 ? "gateway timeout" : "bad gateway");
     evhttp_send_reply(req, code,
@@ -148,9 +165,50 @@ static void reply_gateway(struct evhttp_request *req, int code)
         evbuffer_free(b);
 }
 
-hp_pool *hp_pool_new(void)
+int hp_tls_new(const char *ca_file, SSL_CTX **out, polis_error *err)
 {
-    return calloc(1, sizeof(hp_pool));
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    int ok;
+
+    *out = NULL;
+    if (ctx == NULL)
+        return polis_error_set(err, POLIS_ENOMEM, NULL,
+                               "cannot make a TLS context");
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (ca_file && *ca_file)
+        ok = SSL_CTX_load_verify_locations(ctx, ca_file, NULL);
+    else
+        ok = SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        char why[256];
+        ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return polis_error_set(err, POLIS_EINVAL,
+                               ca_file && *ca_file ? ca_file : "default CAs",
+                               "cannot load the CA certificates: %s", why);
+    }
+    *out = ctx;
+    return 0;
+}
+
+hp_pool *hp_pool_new(struct event_base *base, SSL_CTX *tls)
+{
+    hp_pool *p = calloc(1, sizeof(hp_pool));
+
+    if (p == NULL)
+        return NULL;
+    /* resolv.conf (its nameservers, search list and ndots) and the hosts
+     * file, as the system resolver would; without a resolv.conf evdns
+     * asks 127.0.0.1. */
+    p->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (p->dns == NULL) {
+        free(p);
+        return NULL;
+    }
+    p->tls = tls;
+    return p;
 }
 
 void hp_pool_free(hp_pool *p)
@@ -159,7 +217,74 @@ void hp_pool_free(hp_pool *p)
         return;
     for (size_t i = 0; i < p->n; i++)
         evhttp_connection_free(p->idle[i].evcon);
+    /* Lookups still running fail (their connections are gone already). */
+    evdns_base_free(p->dns, 1);
     free(p);
+}
+
+/* A new connection to the context's upstream: a TLS one for https, the
+ * server's certificate checked against its host name (or IP address) and
+ * the host name sent as SNI. */
+static struct evhttp_connection *connect_upstream(hp_ctx *c)
+{
+    struct bufferevent *bev = NULL;
+    unsigned char ip[16];
+    bool literal = inet_pton(AF_INET, c->host, ip) == 1 ||
+                   inet_pton(AF_INET6, c->host, ip) == 1;
+
+    if (c->tls) {
+        SSL *ssl = c->pool && c->pool->tls ? SSL_new(c->pool->tls) : NULL;
+        if (ssl == NULL)
+            return NULL;
+        if (literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl),
+                                                    c->host) != 1
+                    : SSL_set_tlsext_host_name(ssl, c->host) != 1 ||
+                          SSL_set1_host(ssl, c->host) != 1) {
+            SSL_free(ssl);
+            return NULL;
+        }
+        /* Owns ssl from here (freed with the bufferevent). */
+        bev = bufferevent_openssl_socket_new(
+            c->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+            BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (bev == NULL)
+            return NULL;
+        /* A close-delimited body ends at EOF; many servers close without
+         * a TLS close_notify. */
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    }
+    return evhttp_connection_base_bufferevent_new(
+        c->base, c->pool ? c->pool->dns : NULL, bev, c->host,
+        (uint16_t)c->port);
+}
+
+/* Why a TLS connection failed, for the 502's detail: the certificate
+ * check's verdict, else the library's reason; NULL when nothing is known
+ * (a refused or reset connection). */
+static const char *tls_failure(hp_ctx *c, char *buf, size_t len)
+{
+    struct bufferevent *bev =
+        c->uevcon ? evhttp_connection_get_bufferevent(c->uevcon) : NULL;
+    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+    unsigned long e, first = 0;
+    long v;
+
+    if (ssl == NULL)
+        return NULL;
+    while ((e = bufferevent_get_openssl_error(bev)) != 0)
+        if (first == 0)
+            first = e;
+    v = SSL_get_verify_result(ssl);
+    if (v != X509_V_OK) {
+        snprintf(buf, len, "TLS: the upstream's certificate: %s",
+                 X509_verify_cert_error_string(v));
+        return buf;
+    }
+    if (first && ERR_reason_error_string(first)) {
+        snprintf(buf, len, "TLS: %s", ERR_reason_error_string(first));
+        return buf;
+    }
+    return NULL;
 }
 
 /* Drop entries idle too long (the upstream has likely closed them). */
@@ -177,7 +302,7 @@ static void pool_expire(hp_pool *p, time_t now)
 
 /* An idle connection to host:port (the most recently used), or NULL. */
 static struct evhttp_connection *pool_get(hp_pool *p, const char *host,
-                                          int port)
+                                          int port, bool tls)
 {
     struct evhttp_connection *evcon;
 
@@ -185,20 +310,28 @@ static struct evhttp_connection *pool_get(hp_pool *p, const char *host,
         return NULL;
     pool_expire(p, time(NULL));
     for (size_t i = p->n; i-- > 0;) {
-        if (p->idle[i].port == port && strcmp(p->idle[i].host, host) == 0) {
-            evcon = p->idle[i].evcon;
-            memmove(&p->idle[i], &p->idle[i + 1],
-                    (p->n - i - 1) * sizeof(p->idle[0]));
-            p->n--;
-            return evcon;
+        if (p->idle[i].port != port || p->idle[i].tls != tls ||
+            strcmp(p->idle[i].host, host) != 0)
+            continue;
+        evcon = p->idle[i].evcon;
+        memmove(&p->idle[i], &p->idle[i + 1],
+                (p->n - i - 1) * sizeof(p->idle[0]));
+        p->n--;
+        /* evhttp reconnects a plain connection the upstream closed, but
+         * cannot start a TLS session over again on it: drop it. */
+        if (tls &&
+            bufferevent_getfd(evhttp_connection_get_bufferevent(evcon)) < 0) {
+            evhttp_connection_free(evcon);
+            continue;
         }
+        return evcon;
     }
     return NULL;
 }
 
 /* Keep a connection whose exchange completed; a full pool drops its
  * oldest. */
-static void pool_put(hp_pool *p, const char *host, int port,
+static void pool_put(hp_pool *p, const char *host, int port, bool tls,
                      struct evhttp_connection *evcon)
 {
     if (p->n == HP_POOL_MAX) {
@@ -208,6 +341,7 @@ static void pool_put(hp_pool *p, const char *host, int port,
     }
     snprintf(p->idle[p->n].host, sizeof(p->idle[0].host), "%s", host);
     p->idle[p->n].port = port;
+    p->idle[p->n].tls = tls;
     p->idle[p->n].evcon = evcon;
     p->idle[p->n].since = time(NULL);
     p->n++;
@@ -219,7 +353,7 @@ static void ctx_free(hp_ctx *c)
      * it open when the upstream allows keep-alive and reconnects on the
      * next request when it closed. */
     if (c->uevcon && c->pool && c->reusable && !c->no_reuse)
-        pool_put(c->pool, c->host, c->port, c->uevcon);
+        pool_put(c->pool, c->host, c->port, c->tls, c->uevcon);
     else if (c->uevcon)
         evhttp_connection_free(c->uevcon);
     if (c->stale)
@@ -324,8 +458,15 @@ static int on_headers(struct evhttp_request *ureq, void *arg)
     if (c->finished)
         return -1;
     c->status = evhttp_request_get_response_code(ureq);
-    /* evhttp itself only recognises "Connection: close" exactly. */
-    if (connection_names(in, "close"))
+    /* evhttp itself only recognises "Connection: close" exactly.  An
+     * HTTP/1.0 answer ends the connection unless it says keep-alive, and
+     * one with neither a length nor chunks ends where the connection does:
+     * neither is pooled (a TLS one could not be reopened anyway). */
+    if (connection_names(in, "close") ||
+        (ureq->major == 1 && ureq->minor == 0 &&
+         !connection_names(in, "keep-alive")) ||
+        (evhttp_find_header(in, "Content-Length") == NULL &&
+         evhttp_find_header(in, "Transfer-Encoding") == NULL))
         c->no_reuse = true;
     TAILQ_FOREACH(kv, in, next)
     if (end_to_end(in, kv->key))
@@ -372,8 +513,7 @@ static bool send_again(hp_ctx *c)
     c->retried = true;
     c->stale = c->uevcon; /* we are in its callback: freed with c */
     c->pooled = false;
-    c->uevcon =
-        evhttp_connection_base_new(c->base, NULL, c->host, (uint16_t)c->port);
+    c->uevcon = connect_upstream(c);
     ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
     if (ureq == NULL)
         return false;
@@ -416,9 +556,12 @@ static void on_done(struct evhttp_request *ureq, void *arg)
          * failure that took the whole timeout is one. */
         bool timeout = (c->uerr == EVREQ_HTTP_TIMEOUT || c->uerr == 0) &&
                        elapsed_ms(c) >= c->timeout_ms - c->timeout_ms / 10;
+        char why[256];
+        const char *detail = c->tls ? tls_failure(c, why, sizeof(why)) : NULL;
+
         c->status = timeout ? 504 : 502;
         finish(c, false);
-        reply_gateway(c->req, c->status);
+        reply_gateway(c->req, c->status, timeout ? NULL : detail);
         return;
     }
     /* Mid-body: cut the client's connection so that the transfer is
@@ -479,7 +622,7 @@ static void copy_request_headers(hp_ctx *c, struct evhttp_request *ureq,
             continue;
         evhttp_add_header(out, kv->key, kv->value);
     }
-    if (port == 80)
+    if (port == (c->tls ? 443 : 80))
         snprintf(line, sizeof(line), "%s", host);
     else
         snprintf(line, sizeof(line), "%s:%d", host, port);
@@ -552,7 +695,7 @@ void hp_forward(struct event_base *base, hp_pool *pool,
     if (c == NULL) {
         if (up)
             evhttp_uri_free(up);
-        reply_gateway(req, 502);
+        reply_gateway(req, 502, NULL);
         done(arg, 502, 0, false);
         return;
     }
@@ -566,21 +709,20 @@ void hp_forward(struct event_base *base, hp_pool *pool,
     clock_gettime(CLOCK_MONOTONIC, &c->t0);
     c->pause_ev = event_new(base, -1, 0, on_pause, c);
     c->reap_ev = event_new(base, -1, 0, on_reap, c);
+    c->tls = scheme && strcasecmp(scheme, "https") == 0;
     if (port < 0)
-        port = 80;
-    /* https upstreams would need a TLS bufferevent: refused as a 502. */
+        port = c->tls ? 443 : 80;
     if (c->pause_ev == NULL || c->reap_ev == NULL || host == NULL ||
-        scheme == NULL || strcasecmp(scheme, "http") != 0 ||
+        scheme == NULL || (!c->tls && strcasecmp(scheme, "http") != 0) ||
         build_target(up, rest, query, target, sizeof(target)) != 0)
         goto fail;
     c->pool = pool;
     snprintf(c->host, sizeof(c->host), "%s", host);
     c->port = port;
-    c->uevcon = pool_get(pool, c->host, port);
+    c->uevcon = pool_get(pool, c->host, port, c->tls);
     c->pooled = c->uevcon != NULL;
     if (c->uevcon == NULL)
-        c->uevcon =
-            evhttp_connection_base_new(base, NULL, host, (uint16_t)port);
+        c->uevcon = connect_upstream(c);
     ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
     if (ureq == NULL)
         goto fail;
@@ -625,7 +767,7 @@ fail:
     if (up)
         evhttp_uri_free(up);
     c->status = 502;
-    reply_gateway(req, 502);
+    reply_gateway(req, 502, NULL);
     c->finished = true;
     done(arg, 502, 0, false);
     ctx_free(c);

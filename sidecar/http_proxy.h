@@ -7,8 +7,11 @@
 #ifndef POLIS_SC_HTTP_PROXY_H
 #define POLIS_SC_HTTP_PROXY_H
 
+#include "common/error.h"
+
 #include <event2/event.h>
 #include <event2/http.h>
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,23 +32,37 @@ typedef struct hp_identity {
 typedef void (*hp_done_fn)(void *arg, int status, uint64_t bytes, bool ok);
 
 /*
- * Idle keep-alive connections to upstreams, for one event loop (one
- * thread): a connection whose exchange completed is kept (at most 64, each
- * for 30 s) and serves the next request to the same host and port, which
- * spares a TCP connect and close per request.  hp_pool_free closes them.
+ * The TLS client context of https upstreams: certificates verified against
+ * ca_file (PEM; NULL or "": OpenSSL's default paths, i.e. the system bundle,
+ * or $SSL_CERT_FILE / $SSL_CERT_DIR), TLS 1.2 or newer.  One per process,
+ * shared by every loop; free with SSL_CTX_free.  POLIS_EINVAL when the CA
+ * file cannot be loaded.
+ */
+int hp_tls_new(const char *ca_file, SSL_CTX **out, polis_error *err);
+
+/*
+ * What one event loop (one thread) keeps for its upstream connections:
+ * idle keep-alive connections (a connection whose exchange completed is
+ * kept, at most 64, each for 30 s, and serves the next request to the same
+ * scheme, host and port, which spares a connect, and for https a TLS
+ * handshake, per request), an asynchronous DNS resolver so that host names
+ * never block the loop, and `tls` (borrowed; NULL: https upstreams answer
+ * 502).  NULL on failure.  hp_pool_free closes the connections.
  */
 typedef struct hp_pool hp_pool;
 
-hp_pool *hp_pool_new(void);
+hp_pool *hp_pool_new(struct event_base *base, SSL_CTX *tls);
 void hp_pool_free(hp_pool *p);
 
 /*
  * Forward `req` (the client's request, served by `base`, using `pool` of
- * that loop, which may be NULL for a connection of its own) to `upstream`
- * ("http://host[:port][/base]") + "/" + `rest` (raw, already checked by
+ * that loop, which may be NULL for a connection of its own, plain http and
+ * a blocking name lookup) to `upstream`
+ * ("http[s]://host[:port][/base]") + "/" + `rest` (raw, already checked by
  * the caller to hold no "." or ".." segment) + the request's query
  * string.  Always answers the client: 502 {"error":"bad gateway"} when
- * the upstream cannot be reached, resets or answers garbage, 504 when it
+ * the upstream cannot be reached, resets or answers garbage (with a
+ * "detail" when its TLS certificate does not verify), 504 when it
  * says nothing for timeout_ms; a client that takes nothing of the answer
  * for write_timeout_ms is cut off (<= 0: 30000); a failure after the answer
  * started cuts the client connection so the transfer is visibly broken.  `done`

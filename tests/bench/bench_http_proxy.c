@@ -52,6 +52,7 @@
 #include "common/rpc.h"
 #include "tests/support/cpenv.h"
 #include "tests/support/govclient.h"
+#include "tests/support/nginxenv.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/procstat.h"
 
@@ -67,7 +68,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NGINX_BIN   "/usr/sbin/nginx"
 #define WRK_BIN     "/usr/bin/wrk"
 #define TOKEN       "bench-token-0123456789abcdef"
 #define DOMAIN      "bench"
@@ -110,16 +110,6 @@ static int env_int(const char *name, int def, int lo, int hi)
     return n < lo ? lo : n > hi ? hi : (int)n;
 }
 
-static int write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-
-    if (f == NULL)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 static void print_tail(const char *what, const char *path)
 {
     char *t = testenv_file_tail(path, 2000);
@@ -130,73 +120,27 @@ static void print_tail(const char *what, const char *path)
 
 /* ---- nginx ------------------------------------------------------------- */
 
-typedef struct nginx {
-    testenv_proc *proc;
-    char conf[600], log[600], error_log[600];
-    int port;
-} nginx;
-
 /*
- * Start `nginx -p dir/name -c conf` as one process (no master, one event
- * loop, in the foreground so that testenv owns it) serving `server` (the
- * body of a server block) on 127.0.0.1:port, with `http_extra` in the
- * http block.  0 once the port accepts, -1 (reason on stderr).
+ * nginx (nginxenv) serving `server` (the body of a server block) on
+ * 127.0.0.1:port, with `http_extra` in the http block and keep-alive
+ * raised so that no side closes client connections.  0 once the port
+ * accepts, -1 (reason on stderr).
  */
-static int nginx_start(nginx *n, const char *tmp, const char *name, int port,
+static int nginx_start(nginxenv *n, const char *tmp, const char *name, int port,
                        const char *http_extra, const char *server)
 {
-    char prefix[520], text[4096];
-    const char *argv[] = {NGINX_BIN, "-e",   n->error_log,
-                          "-p",      prefix, "-c",
-                          n->conf,   "-g",   "daemon off; master_process off;",
-                          NULL};
+    char text[4096];
 
-    n->port = port;
-    snprintf(prefix, sizeof(prefix), "%s/%s", tmp, name);
-    snprintf(n->conf, sizeof(n->conf), "%s/nginx.conf", prefix);
-    snprintf(n->log, sizeof(n->log), "%s/stdout.log", prefix);
-    snprintf(n->error_log, sizeof(n->error_log), "%s/error.log", prefix);
-    if (mkdir(prefix, 0755) != 0) {
-        fprintf(stderr, "bench: mkdir %s: %s\n", prefix, strerror(errno));
-        return -1;
-    }
     snprintf(text, sizeof(text),
-             "worker_processes 1;\n"
-             "pid %s/nginx.pid;\n"
-             "error_log %s warn;\n"
-             "events { worker_connections 4096; }\n"
-             "http {\n"
-             "  client_body_temp_path %s/body;\n"
-             "  proxy_temp_path %s/proxy;\n"
-             "  fastcgi_temp_path %s/fastcgi;\n"
-             "  uwsgi_temp_path %s/uwsgi;\n"
-             "  scgi_temp_path %s/scgi;\n"
              "  keepalive_requests 100000000;\n"
              "  keepalive_timeout 120s;\n"
              "%s"
              "  server {\n"
              "    listen 127.0.0.1:%d;\n"
              "%s"
-             "  }\n"
-             "}\n",
-             prefix, n->error_log, prefix, prefix, prefix, prefix, prefix,
+             "  }\n",
              http_extra, port, server);
-    if (write_file(n->conf, text) != 0) {
-        fprintf(stderr, "bench: cannot write %s\n", n->conf);
-        return -1;
-    }
-    n->proc = testenv_spawn(argv, NULL, n->log);
-    if (n->proc == NULL)
-        return -1;
-    if (testenv_wait_port("127.0.0.1", port, 10000) != 0 ||
-        !testenv_proc_alive(n->proc)) {
-        fprintf(stderr, "bench: nginx %s did not start on port %d\n", name,
-                port);
-        print_tail("nginx output", n->log);
-        print_tail("nginx error log", n->error_log);
-        return -1;
-    }
-    return 0;
+    return nginxenv_start(n, tmp, name, text, &port, 1);
 }
 
 /* ---- polis ------------------------------------------------------------- */
@@ -457,7 +401,8 @@ int main(int argc, char **argv)
     int pool = env_int("BENCH_NGINX_KEEPALIVE", 64, 0, 10000);
     int segment = seconds / rounds > 0 ? seconds / rounds : 1;
     const char *tmp;
-    nginx up = {0}, px = {0};
+    nginxenv up = {0}, px = {0};
+    int up_port = testenv_free_port(), px_port = testenv_free_port();
     cpenv *cp = NULL;
     rpc_channel *gov = NULL;
     sidecarenv *sc = NULL;
@@ -479,11 +424,11 @@ int main(int argc, char **argv)
                         "[BENCH_NGINX_ACCESS_LOG=0|1] bench_http_proxy\n");
         return 2;
     }
-    if (access(NGINX_BIN, X_OK) != 0 || access(WRK_BIN, X_OK) != 0) {
+    if (access(NGINXENV_BIN, X_OK) != 0 || access(WRK_BIN, X_OK) != 0) {
         fprintf(stderr,
                 "bench: needs %s and %s (scripts/setup.sh installs "
                 "nginx-light and wrk)\n",
-                NGINX_BIN, WRK_BIN);
+                NGINXENV_BIN, WRK_BIN);
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -502,7 +447,7 @@ int main(int argc, char **argv)
              "    location / { default_type application/json; "
              "return 200 '%s'; }\n",
              BODY_200);
-    if (nginx_start(&up, tmp, "upstream", testenv_free_port(), "", server) != 0)
+    if (nginx_start(&up, tmp, "upstream", up_port, "", server) != 0)
         goto out;
     b.upstream_pid = testenv_proc_pid(up.proc);
 
@@ -516,9 +461,9 @@ int main(int argc, char **argv)
              "    keepalive_requests 100000000;\n"
              "  }\n"
              "  access_log %s%s;\n",
-             up.port, pool_line, nginx_log ? tmp : "off",
+             up_port, pool_line, nginx_log ? tmp : "off",
              nginx_log ? "/access.log" : "");
-    if (nginx_start(&px, tmp, "proxy", testenv_free_port(), http_extra,
+    if (nginx_start(&px, tmp, "proxy", px_port, http_extra,
                     "    location / {\n"
                     "      proxy_pass http://app;\n"
                     "      proxy_http_version 1.1;\n"
@@ -533,7 +478,7 @@ int main(int argc, char **argv)
         goto out;
     }
     b.cp_pid = testenv_proc_pid(cp->proc);
-    if (apply_mesh(gov, up.port) != 0)
+    if (apply_mesh(gov, up_port) != 0)
         goto out;
     snprintf(workers_arg, sizeof(workers_arg), "%d", workers);
     so.controlplane = cp->grpc_target;
@@ -546,11 +491,11 @@ int main(int argc, char **argv)
     }
 
     snprintf(direct.url, sizeof(direct.url), "http://127.0.0.1:%d" REQ_PATH,
-             up.port);
+             up_port);
     snprintf(ngx.url, sizeof(ngx.url),
              "http://127.0.0.1:%d/v1/products/" DOMAIN "/" PRODUCT
              "/http" REQ_PATH,
-             px.port);
+             px_port);
     snprintf(side.url, sizeof(side.url),
              "%s/v1/products/" DOMAIN "/" PRODUCT "/http" REQ_PATH,
              sc->http_url);
@@ -560,8 +505,8 @@ int main(int argc, char **argv)
         testenv_wait_http(ngx.url, 5000) != 0) {
         fprintf(stderr, "bench: nginx does not answer 200 (%s, %s)\n",
                 direct.url, ngx.url);
-        print_tail("upstream error log", up.error_log);
-        print_tail("proxy error log", px.error_log);
+        nginxenv_print_logs(&up);
+        nginxenv_print_logs(&px);
         goto out;
     }
     /* The product, principal and policy reach the sidecar in a snapshot. */
@@ -653,8 +598,8 @@ out:
     sidecarenv_free(sc);
     rpc_channel_free(gov);
     cpenv_stop(cp);
-    testenv_proc_stop(px.proc, 3000);
-    testenv_proc_stop(up.proc, 3000);
+    nginxenv_stop(&px, 3000);
+    nginxenv_stop(&up, 3000);
     curl_global_cleanup();
     if (rc != 0)
         fprintf(stderr, "bench: http_proxy: no valid measurement\n");
