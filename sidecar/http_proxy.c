@@ -502,28 +502,39 @@ static void on_error(enum evhttp_request_error e, void *arg)
 
 static void on_done(struct evhttp_request *ureq, void *arg);
 
+/* A request of ours on c->uevcon (a new connection when it has none),
+ * with the exchange's callbacks and timeout; NULL when out of memory. */
+static struct evhttp_request *upstream_request(hp_ctx *c)
+{
+    struct timeval tv = {c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000};
+    struct evhttp_request *ureq;
+
+    if (c->uevcon == NULL)
+        c->uevcon = connect_upstream(c);
+    ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
+    if (ureq == NULL)
+        return NULL;
+    evhttp_connection_set_timeout_tv(c->uevcon, &tv);
+    evhttp_connection_set_retries(c->uevcon, 0);
+    evhttp_request_set_header_cb(ureq, on_headers);
+    evhttp_request_set_chunked_cb(ureq, on_chunk);
+    evhttp_request_set_error_cb(ureq, on_error);
+    return ureq;
+}
+
 /* Send the saved request again on a new connection; false when it could
  * not be sent (the caller answers 502). */
 static bool send_again(hp_ctx *c)
 {
     struct evhttp_request *ureq;
     struct evkeyval *kv;
-    struct timeval tv;
 
     c->retried = true;
     c->stale = c->uevcon; /* we are in its callback: freed with c */
     c->pooled = false;
-    c->uevcon = connect_upstream(c);
-    ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
-    if (ureq == NULL)
+    c->uevcon = NULL;
+    if ((ureq = upstream_request(c)) == NULL)
         return false;
-    tv.tv_sec = c->timeout_ms / 1000;
-    tv.tv_usec = (c->timeout_ms % 1000) * 1000;
-    evhttp_connection_set_timeout_tv(c->uevcon, &tv);
-    evhttp_connection_set_retries(c->uevcon, 0);
-    evhttp_request_set_header_cb(ureq, on_headers);
-    evhttp_request_set_chunked_cb(ureq, on_chunk);
-    evhttp_request_set_error_cb(ureq, on_error);
     TAILQ_FOREACH(kv, c->hdrs, next)
     evhttp_add_header(evhttp_request_get_output_headers(ureq), kv->key,
                       kv->value);
@@ -689,7 +700,6 @@ void hp_forward(struct event_base *base, hp_pool *pool,
     const char *scheme = up ? evhttp_uri_get_scheme(up) : NULL;
     int port = up ? evhttp_uri_get_port(up) : -1;
     char target[HP_MAX_TARGET];
-    struct timeval tv;
     hp_ctx *c = calloc(1, sizeof(*c));
 
     if (c == NULL) {
@@ -721,18 +731,8 @@ void hp_forward(struct event_base *base, hp_pool *pool,
     c->port = port;
     c->uevcon = pool_get(pool, c->host, port, c->tls);
     c->pooled = c->uevcon != NULL;
-    if (c->uevcon == NULL)
-        c->uevcon = connect_upstream(c);
-    ureq = c->uevcon ? evhttp_request_new(on_done, c) : NULL;
-    if (ureq == NULL)
+    if ((ureq = upstream_request(c)) == NULL)
         goto fail;
-    tv.tv_sec = c->timeout_ms / 1000;
-    tv.tv_usec = (c->timeout_ms % 1000) * 1000;
-    evhttp_connection_set_timeout_tv(c->uevcon, &tv);
-    evhttp_connection_set_retries(c->uevcon, 0);
-    evhttp_request_set_header_cb(ureq, on_headers);
-    evhttp_request_set_chunked_cb(ureq, on_chunk);
-    evhttp_request_set_error_cb(ureq, on_error);
     copy_request_headers(c, ureq, up, host, port, id);
     if (evbuffer_get_length(body) > 0 || cmd == EVHTTP_REQ_POST ||
         cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_PATCH) {
