@@ -24,7 +24,7 @@ packages=(
     etcd-server etcd-client
     libmosquitto-dev mosquitto
     clang libclang-rt-14-dev
-    curl ca-certificates procps
+    curl ca-certificates openssl procps python3
     nginx-light wrk
 )
 

@@ -166,6 +166,13 @@ def controlplane_flags():
     return set(re.findall(r'OPT\("([a-z-]+)"', src)) | {"config"}
 
 
+def sidecar_flags():
+    """The flag names of polis-sidecar, from its option table."""
+    with open(os.path.join(REPO, "sidecar", "main.c")) as f:
+        src = f.read()
+    return set(re.findall(r'OPT\("([a-z-]+)"', src)) | {"config"}
+
+
 # ---- manifest checks --------------------------------------------------------
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -457,6 +464,47 @@ def check_sidecars(sc, docs, values):
         check(d["spec"]["replicas"] == entry.get("replicas",
                                                  defaults["replicas"]),
               sc, "%s replicas" % dom)
+        known = sidecar_flags()
+        for flag in f:
+            check(flag in known, sc, "--%s is a flag of polis-sidecar" % flag)
+        check_sidecar_mqtt(sc, dom, d, f, entry, defaults)
+
+
+# value -> (volume, mount path, flags and the file each names)
+MQTT_SECRETS = {
+    "credentialsSecret": ("mqtt-credentials", "/etc/polis/mqtt-credentials",
+                          {"mqtt-credentials-dir": ""}),
+    "caSecret": ("mqtt-ca", "/etc/polis/mqtt-ca", {"mqtt-ca-file": "ca.crt"}),
+    "clientCertSecret": ("mqtt-client", "/etc/polis/mqtt-client",
+                         {"mqtt-cert-file": "tls.crt",
+                          "mqtt-key-file": "tls.key"}),
+}
+
+
+def check_sidecar_mqtt(sc, dom, d, f, entry, defaults):
+    """The MQTT Secrets: mounted read-only where the flags point, with no
+    subPath (a rotated Secret must reach the running pod); nothing when
+    unset."""
+    spec = pod_spec(d)
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for key, (vol, path, flags) in MQTT_SECRETS.items():
+        secret = entry.get("mqtt", {}).get(key) or defaults["mqtt"][key]
+        if not secret:
+            check(vol not in vols and not any(k in f for k in flags), sc,
+                  "%s: no %s without mqtt.%s" % (dom, vol, key))
+            continue
+        v, m = vols.get(vol), mounts.get(vol)
+        check(v is not None and v.get("secret", {}).get("secretName") ==
+              secret, sc, "%s mounts Secret %s for mqtt.%s" %
+              (dom, secret, key))
+        check(m is not None and m["mountPath"] == path and
+              m.get("readOnly") is True and "subPath" not in m, sc,
+              "%s mounts %s read-only at %s, no subPath" % (dom, vol, path))
+        for flag, name in flags.items():
+            want = path + ("/" + name if name else "")
+            check(f.get(flag) == want, sc, "%s --%s=%s (got %s)" %
+                  (dom, flag, want, f.get(flag)))
 
 
 EXPECTED_DEFAULT = {"ServiceAccount", "Service", "Deployment", "StatefulSet",
@@ -528,9 +576,12 @@ def run(chart, base, sources, show=None):
         return list(failures), 1
 
     full = {
-        "sidecars": [{"domain": "sales"},
+        "sidecars": [{"domain": "sales",
+                      "mqtt": {"credentialsSecret": "sales-mqtt-logins"}},
                      {"domain": "crm", "replicas": 2,
                       "persistence": {"enabled": False}}],
+        "sidecarDefaults": {"mqtt": {"caSecret": "broker-ca",
+                                     "clientCertSecret": "polis-mqtt-tls"}},
         "networkPolicy": {"enabled": True, "metricsFrom": [
             {"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "monitoring"}}}]},
@@ -613,6 +664,12 @@ MUTATIONS = [
     ("sidecars.yaml", "    - name: sidecar\n", "    - name: sidecar\n  ",
      "parse as YAML"),
     ("serviceaccount.yaml", "{{- end }}\n", "", "without end"),
+    ("sidecars.yaml", "--mqtt-credentials-dir=/etc/polis/mqtt-credentials",
+     "--mqtt-credentials-dir=/etc/polis/mqtt", "--mqtt-credentials-dir="),
+    ("sidecars.yaml", "--mqtt-ca-file=", "--mqtt-ca=",
+     "is a flag of polis-sidecar"),
+    ("sidecars.yaml", "secretName: {{ $mqttCA | quote }}",
+     "secretName: {{ $mqttCreds | quote }}", "mounts Secret broker-ca"),
     ("controlplane-deployment.yaml",
      '(dict "ctx" . "component" "controlplane")',
      '(dict "ctx" . "component" "cp")', "selector matches"),
