@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -322,11 +323,61 @@ bool testenv_proc_alive(testenv_proc *p)
     return true;
 }
 
+static int64_t mono_ms(void);
+static void nap_ms(int ms);
+
+/* true once every thread of pid shows as stopped in /proc. */
+static bool all_threads_stopped(pid_t pid)
+{
+    char path[64], line[512];
+    struct dirent *de;
+    bool stopped = true;
+    int seen = 0;
+    DIR *d;
+
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    if ((d = opendir(path)) == NULL)
+        return true; /* gone: nothing left running */
+    while (stopped && (de = readdir(d)) != NULL) {
+        FILE *f;
+        char *paren;
+
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/task/%.20s/stat", (int)pid,
+                 de->d_name);
+        if ((f = fopen(path, "r")) == NULL)
+            continue;
+        if (fgets(line, sizeof(line), f) &&
+            (paren = strrchr(line, ')')) != NULL)
+            stopped = paren[1] == ' ' && (paren[2] == 'T' || paren[2] == 't');
+        fclose(f);
+        seen++;
+    }
+    closedir(d);
+    return stopped && seen > 0;
+}
+
+/* SIGSTOP takes effect when each thread next handles signals, which on a
+ * loaded machine can be after it served one more request: wait (bounded)
+ * until every thread is stopped, as the caller means "frozen now". */
+static void wait_stopped(pid_t pid)
+{
+    int64_t deadline = mono_ms() + 5000;
+
+    while (!all_threads_stopped(pid) && mono_ms() < deadline)
+        nap_ms(1);
+}
+
 int testenv_proc_kill(testenv_proc *p, int sig)
 {
     if (p == NULL || p->pid <= 0)
         return -1;
-    return kill(p->pid, sig);
+    if (kill(p->pid, sig) != 0)
+        return -1;
+    if (sig == SIGSTOP)
+        wait_stopped(p->pid);
+    return 0;
 }
 
 static int64_t mono_ms(void)
@@ -557,5 +608,9 @@ int testenv_etcd_kill(testenv_etcd *pub, int sig)
 
     if (e == NULL)
         return -1;
-    return etcd_server_kill(e->pub.server, sig, NULL) == POLIS_OK ? 0 : -1;
+    if (etcd_server_kill(e->pub.server, sig, NULL) != POLIS_OK)
+        return -1;
+    if (sig == SIGSTOP)
+        wait_stopped(etcd_server_pid(e->pub.server));
+    return 0;
 }

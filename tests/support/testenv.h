@@ -52,7 +52,8 @@ pid_t testenv_proc_pid(const testenv_proc *p);
 const char *testenv_proc_log(const testenv_proc *p);
 /* true while it runs (reaps it when it has exited). */
 bool testenv_proc_alive(testenv_proc *p);
-/* Send a signal without reaping. */
+/* Send a signal without reaping.  For SIGSTOP, returns once every thread
+ * is stopped (bounded at 5 s): the process serves nothing after it. */
 int testenv_proc_kill(testenv_proc *p, int sig);
 
 /*
@@ -96,7 +97,8 @@ void testenv_etcd_stop(testenv_etcd *e);
  * (error printed to stderr). */
 int testenv_etcd_restart(testenv_etcd *e);
 
-/* Send a signal to etcd (SIGKILL, SIGSTOP...); 0 or -1. */
+/* Send a signal to etcd (SIGKILL, SIGSTOP...); 0 or -1.  For SIGSTOP,
+ * returns once every etcd thread is stopped (bounded at 5 s). */
 int testenv_etcd_kill(testenv_etcd *e, int sig);
 
 #endif
