@@ -14,6 +14,7 @@
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testenv.h"
 #include "tests/support/testutil.h"
+#include "tests/support/tlscert.h"
 
 #include <CUnit/CUnit.h>
 #include <arpa/inet.h>
@@ -43,47 +44,6 @@ static int64_t mono_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Run a shell command in dir (output to openssl.log); 0 when it exited
- * 0. */
-static int sh(const char *cmd)
-{
-    char line[4096];
-
-    snprintf(line, sizeof(line), "cd '%s' && { %s; } >>openssl.log 2>&1", dir,
-             cmd);
-    return system(line) == 0 ? 0 : -1;
-}
-
-/*
- * Two CAs and three server certificates (P-256 keys: quick to make).
- * A certificate signed by `ca` for `san` in <name>.pem / <name>.key.
- */
-static int make_cert(const char *name, const char *ca, const char *san)
-{
-    char cmd[1024];
-
-    snprintf(cmd, sizeof(cmd),
-             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-             "-nodes -keyout %s.key -out %s.csr -subj /CN=%s && "
-             "printf 'subjectAltName=%s\\n' > %s.ext && "
-             "openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key "
-             "-CAcreateserial -days 2 -extfile %s.ext -out %s.pem",
-             name, name, name, san, name, name, ca, ca, name, name);
-    return sh(cmd);
-}
-
-static int make_ca(const char *name)
-{
-    char cmd[512];
-
-    snprintf(cmd, sizeof(cmd),
-             "openssl req -x509 -newkey ec -pkeyopt "
-             "ec_paramgen_curve:prime256v1 -nodes -keyout %s.key -out %s.pem "
-             "-days 2 -subj /CN=%s",
-             name, name, name);
-    return sh(cmd);
 }
 
 /* Can this machine listen on ::1?  ("localhost" may resolve to it.) */
@@ -116,7 +76,7 @@ static int serve(void)
             "  server {\n"
             "    listen 127.0.0.1:%d ssl;\n"
             "%s%d%s"
-            "    ssl_certificate %s/%s.pem;\n"
+            "    ssl_certificate %s/%s.crt;\n"
             "    ssl_certificate_key %s/%s.key;\n"
             "    access_log off;\n"
             "    location / { default_type text/plain;\n"
@@ -184,14 +144,14 @@ static int suite_init(void)
     if (t == NULL)
         return -1;
     snprintf(dir, sizeof(dir), "%s", t);
-    if (make_ca("ca") || make_ca("rogueca") ||
-        make_cert("good", "ca", "DNS:localhost,IP:127.0.0.1") ||
-        make_cert("rogue", "rogueca", "IP:127.0.0.1") ||
-        make_cert("other", "ca", "DNS:other.example")) {
-        fprintf(stderr, "cannot make the certificates (see %s/openssl.log)\n",
-                dir);
+    if (tlscert_ca(dir, "ca") || tlscert_ca(dir, "rogueca") ||
+        tlscert_issue(dir, "good", "ca", "/CN=localhost",
+                      "subjectAltName=DNS:localhost,IP:127.0.0.1\n") ||
+        tlscert_issue(dir, "rogue", "rogueca", "/CN=rogue",
+                      "subjectAltName=IP:127.0.0.1\n") ||
+        tlscert_issue(dir, "other", "ca", "/CN=other.example",
+                      "subjectAltName=DNS:other.example\n"))
         return -1;
-    }
     if (serve() != 0)
         goto fail;
     cp = cpenv_start(&o);
@@ -228,7 +188,7 @@ static int suite_init(void)
     if (apply_product("other-name", url))
         goto fail;
     /* The sidecar trusts the test CA through OpenSSL's default paths. */
-    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
     setenv("SSL_CERT_FILE", ca, 1);
     so.controlplane = cp->grpc_target;
     so.extra_args = sc_args;

@@ -14,9 +14,9 @@
 #include "tests/support/govclient.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
+#include "tests/support/tlscert.h"
 
 #include <curl/curl.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <mosquitto.h>
 #include <pthread.h>
@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,44 +67,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Run a tool (openssl, mosquitto_passwd) to completion, its output
- * appended to <dir>/tools.log; 0 when it exits 0 within 20 s. */
-static int run_tool(const char *const argv[])
-{
-    char log[700];
-    int64_t until = now_ms() + 20000;
-    int status = -1, fd;
-    pid_t pid, r;
-
-    snprintf(log, sizeof(log), "%s/tools.log", dir);
-    if ((pid = fork()) < 0)
-        return -1;
-    if (pid == 0) {
-        fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    while ((r = waitpid(pid, &status, WNOHANG)) == 0 && now_ms() < until)
-        usleep(10 * 1000);
-    if (r == 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        fprintf(stderr, "\n%s hung\n", argv[0]);
-        return -1;
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        char *tail = testenv_file_tail(log, 2000);
-        fprintf(stderr, "\n%s failed:\n%s\n", argv[0], tail);
-        free(tail);
-        return -1;
-    }
-    return 0;
-}
-
 static int write_file(const char *path, const char *text)
 {
     char tmp[700];
@@ -123,74 +84,6 @@ static int write_file(const char *path, const char *text)
 
 /* ---- certificates, passwords, the broker --------------------------------- */
 
-/* A self-signed CA: <dir>/<name>.crt and .key. */
-static int make_ca(const char *name, char *crt, size_t len)
-{
-    char key[600], subj[100];
-    const char *argv[] = {"openssl",
-                          "req",
-                          "-x509",
-                          "-newkey",
-                          "ec",
-                          "-pkeyopt",
-                          "ec_paramgen_curve:prime256v1",
-                          "-nodes",
-                          "-days",
-                          "2",
-                          "-subj",
-                          subj,
-                          "-addext",
-                          "basicConstraints=critical,CA:TRUE",
-                          "-addext",
-                          "keyUsage=critical,keyCertSign,cRLSign",
-                          "-keyout",
-                          key,
-                          "-out",
-                          crt,
-                          NULL};
-
-    snprintf(crt, len, "%s/%s.crt", dir, name);
-    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
-    snprintf(subj, sizeof(subj), "/CN=%s", name);
-    return run_tool(argv);
-}
-
-/* <dir>/<name>.key and a certificate <dir>/<name>.crt for `subj` signed
- * by <dir>/ca, with the extensions of <dir>/<name>.cnf. */
-static int make_signed(const char *name, const char *subj, const char *ext_text)
-{
-    char key[600], csr[600], crt[600], ext[600], cakey[600];
-    const char *req[] = {"openssl",
-                         "req",
-                         "-new",
-                         "-newkey",
-                         "ec",
-                         "-pkeyopt",
-                         "ec_paramgen_curve:prime256v1",
-                         "-nodes",
-                         "-subj",
-                         subj,
-                         "-keyout",
-                         key,
-                         "-out",
-                         csr,
-                         NULL};
-    const char *sign[] = {
-        "openssl", "x509",  "-req",     "-in", csr,
-        "-CA",     path_ca, "-CAkey",   cakey, "-CAcreateserial",
-        "-days",   "2",     "-extfile", ext,   "-out",
-        crt,       NULL};
-    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
-    snprintf(csr, sizeof(csr), "%s/%s.csr", dir, name);
-    snprintf(crt, sizeof(crt), "%s/%s.crt", dir, name);
-    snprintf(ext, sizeof(ext), "%s/%s.cnf", dir, name);
-    snprintf(cakey, sizeof(cakey), "%s/ca.key", dir);
-    return write_file(ext, ext_text) == 0 && run_tool(req) == 0 &&
-                   run_tool(sign) == 0
-               ? 0
-               : -1;
-}
-
 /* The broker's certificate for 127.0.0.1 and localhost, the sidecar's
  * client certificate, and the password file with the bridge's and the
  * reader's logins. */
@@ -205,11 +98,11 @@ static int make_broker_files(void)
     snprintf(pw, sizeof(pw), "%s/passwords", dir);
     snprintf(path_client_crt, sizeof(path_client_crt), "%s/client.crt", dir);
     snprintf(path_client_key, sizeof(path_client_key), "%s/client.key", dir);
-    if (make_signed("server", "/CN=localhost",
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost\n") ||
-        make_signed("client", "/CN=polis-sidecar-sales",
-                    "extendedKeyUsage=clientAuth\n") ||
-        run_tool(pw1) || run_tool(pw2))
+    if (tlscert_issue(dir, "server", "ca", "/CN=localhost",
+                      "subjectAltName=IP:127.0.0.1,DNS:localhost\n") ||
+        tlscert_issue(dir, "client", "ca", "/CN=polis-sidecar-sales",
+                      "extendedKeyUsage=clientAuth\n") ||
+        tlscert_run(dir, pw1) || tlscert_run(dir, pw2))
         return -1;
     return 0;
 }
@@ -232,11 +125,11 @@ static int broker_setup(void)
 {
     FILE *f;
 
+    snprintf(path_ca, sizeof(path_ca), "%s/ca.crt", dir);
+    snprintf(path_rogue_ca, sizeof(path_rogue_ca), "%s/rogue-ca.crt", dir);
     if ((broker_port = testenv_free_port()) < 0 ||
-        (mtls_port = testenv_free_port()) < 0 ||
-        make_ca("ca", path_ca, sizeof(path_ca)) ||
-        make_ca("rogue-ca", path_rogue_ca, sizeof(path_rogue_ca)) ||
-        make_broker_files())
+        (mtls_port = testenv_free_port()) < 0 || tlscert_ca(dir, "ca") ||
+        tlscert_ca(dir, "rogue-ca") || make_broker_files())
         return -1;
     snprintf(broker_conf, sizeof(broker_conf), "%s/mosquitto.conf", dir);
     snprintf(broker_log, sizeof(broker_log), "%s/mosquitto.log", dir);
