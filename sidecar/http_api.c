@@ -79,7 +79,6 @@ struct sc_http {
     worker *w;
     atomic_int consumers; /* event streams open, all loops */
     metric_series *m_published, *m_delivered, *m_streams;
-    SSL_CTX *upstream_tls; /* HTTP ports' https upstreams, every loop */
 };
 
 /* ======================= replies ======================================== */
@@ -2320,7 +2319,7 @@ static int worker_init(sc_http *h, worker *w)
                      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
                      EVHTTP_REQ_OPTIONS);
     evhttp_set_gencb(w->http, handle_request, w);
-    w->upstreams = hp_pool_new(w->base, h->upstream_tls);
+    w->upstreams = hp_pool_new(w->base, h->o.upstream_tls);
     w->wake = event_new(w->base, -1, 0, worker_wake, w);
     w->beat = event_new(w->base, -1, EV_PERSIST, worker_beat, w);
     if (w->wake == NULL || w->beat == NULL || w->upstreams == NULL)
@@ -2401,8 +2400,6 @@ int sc_http_start(const sc_http_options *opts, sc_http **out, polis_error *err)
         free(h);
         return polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
     }
-    if ((rc = hp_tls_new(opts->upstream_ca_file, &h->upstream_tls, err)) != 0)
-        goto fail;
     for (i = 0; i < h->nworkers; i++)
         if (worker_init(h, &h->w[i]) != 0) {
             rc = polis_error_set(err, POLIS_ENOMEM, opts->listen,
@@ -2474,7 +2471,6 @@ void sc_http_free(sc_http *h)
             pthread_join(h->w[i].thread, NULL);
     for (i = 0; i < h->nworkers; i++)
         worker_free(&h->w[i]);
-    SSL_CTX_free(h->upstream_tls);
     free(h->w);
     free(h);
 }

@@ -18,6 +18,8 @@
 #include "sidecar/query_sqlite.h"
 #include "sidecar/snapshot.h"
 
+#include <openssl/ssl.h>
+
 typedef struct sc_http sc_http;
 
 /* Largest request body answered; a larger one is a 400. */
@@ -39,14 +41,14 @@ typedef struct sc_http_options {
                                dropped; 0: 30000 */
     int proxy_timeout_ms;   /* HTTP port: an upstream silent this long is a
                                504; 0: 30000 */
-    const char *upstream_ca_file; /* HTTP port: CAs of https upstreams (PEM);
-                                     NULL: the system's */
-    sc_events *events;            /* event ports' logs; NULL: event ports answer
-                                     503 */
-    int max_consumers;            /* event streams open at once, beyond: 503;
-                                     0: 10000 */
-    metrics *metrics;             /* borrowed, may be NULL: event port series
-                                     (docs/sidecar.md, metrics) */
+    SSL_CTX *upstream_tls;  /* HTTP port: https upstreams (hp_tls_new);
+                               borrowed; NULL: they answer 502 */
+    sc_events *events;      /* event ports' logs; NULL: event ports answer
+                               503 */
+    int max_consumers;      /* event streams open at once, beyond: 503;
+                               0: 10000 */
+    metrics *metrics;       /* borrowed, may be NULL: event port series
+                               (docs/sidecar.md, metrics) */
 } sc_http_options;
 
 /*

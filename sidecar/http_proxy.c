@@ -726,6 +726,15 @@ void hp_forward(struct event_base *base, hp_pool *pool,
         scheme == NULL || (!c->tls && strcasecmp(scheme, "http") != 0) ||
         build_target(up, rest, query, target, sizeof(target)) != 0)
         goto fail;
+    if (c->tls && (pool == NULL || pool->tls == NULL)) {
+        evhttp_uri_free(up);
+        c->status = 502;
+        reply_gateway(req, 502, "https upstreams are not set up here");
+        c->finished = true;
+        done(arg, 502, 0, false);
+        ctx_free(c);
+        return;
+    }
     c->pool = pool;
     snprintf(c->host, sizeof(c->host), "%s", host);
     c->port = port;

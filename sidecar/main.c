@@ -15,6 +15,7 @@
 #include "sidecar/checker.h"
 #include "sidecar/event_port.h"
 #include "sidecar/http_api.h"
+#include "sidecar/http_proxy.h"
 #include "sidecar/mqtt_bridge.h"
 #include "sidecar/ports.h"
 #include "sidecar/snapshot.h"
@@ -46,6 +47,7 @@ typedef struct sc_config {
     int query_max_mb;
     int write_timeout_ms;
     int proxy_timeout_ms;
+    char upstream_ca_file[1024];
     int event_retention_hours;
     int event_retention_mb;
     int event_fsync_interval_ms;
@@ -103,6 +105,9 @@ static const config_option sc_options[] = {
     OPT("proxy-timeout-ms", CONFIG_INT, proxy_timeout_ms, "30000", 10, 3600000,
         "HTTP ports: an upstream that says nothing this long (connect, "
         "between reads) is a 504"),
+    OPT("upstream-ca-file", CONFIG_STRING, upstream_ca_file, "", 0, 0,
+        "HTTP ports: CA bundle (PEM) that verifies https upstreams; empty: "
+        "the system's (or $SSL_CERT_FILE)"),
     OPT("event-retention-hours", CONFIG_INT, event_retention_hours, "168", 1,
         87600, "event ports without retentionHours keep events this long"),
     OPT("event-retention-mb", CONFIG_INT, event_retention_mb, "1024", 1,
@@ -168,6 +173,7 @@ typedef struct sc_runtime {
     sc_subscriber *sub;
     rpc_server *rpc;
     sc_http *http;
+    SSL_CTX *upstream_tls; /* the HTTP ports' https upstreams */
     admin_http *admin;
 } sc_runtime;
 
@@ -303,6 +309,11 @@ static int runtime_start(sc_runtime *rt, polis_error *err)
     ho.query.max_bytes = (uint64_t)rt->conf.query_max_mb * 1024 * 1024;
     ho.write_timeout_ms = rt->conf.write_timeout_ms;
     ho.proxy_timeout_ms = rt->conf.proxy_timeout_ms;
+    if ((rc = hp_tls_new(rt->conf.upstream_ca_file, &rt->upstream_tls, err))) {
+        polis_error_prefix_where(err, "--upstream-ca-file");
+        return rc;
+    }
+    ho.upstream_tls = rt->upstream_tls;
     ho.events = rt->events;
     ho.max_consumers = rt->conf.event_max_consumers;
     ho.metrics = rt->m;
@@ -349,6 +360,7 @@ static void runtime_stop(sc_runtime *rt)
     /* The bridges read the logs and the catalogue: before both go. */
     sc_bridges_free(rt->bridges);
     sc_http_free(rt->http);
+    SSL_CTX_free(rt->upstream_tls);
     sc_events_free(rt->events);
     /* After the ports (no more records), before the log it drains. */
     sc_subscriber_free(rt->sub);

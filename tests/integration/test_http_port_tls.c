@@ -1,11 +1,10 @@
 /*
  * test_http_port_tls.c — an HTTP port in front of https upstreams: a real
  * nginx with certificates made by the openssl CLI for this run, a real
- * control plane and sidecar.  The sidecar trusts
- * the test CA (SSL_CERT_FILE, which OpenSSL's default paths honour), checks
- * the upstream's certificate against the host name or IP address of the
- * upstream URL, and refuses, with a 502 that says why, a certificate of
- * another CA or of another name.
+ * control plane and sidecar.  The sidecar trusts the test CA
+ * (--upstream-ca-file), checks the upstream's certificate against the host
+ * name or IP address of the upstream URL, and refuses, with a 502 that
+ * says why, a certificate of another CA or of another name.
  */
 #include "common/rpc.h"
 #include "tests/support/cpenv.h"
@@ -133,9 +132,10 @@ static int suite_init(void)
     static const char *const cp_args[] = {"--debounce-ms", "20", NULL};
     cpenv_options o = {.extra_args = cp_args};
     sidecarenv_options so = {.domain = "sales", .id = "sales-https-1"};
-    /* One loop, so one pool: the second call finds the first's connection. */
-    static const char *const sc_args[] = {"--http-workers", "1", NULL};
     char url[256], ca[600], hex[65], doc[1024];
+    /* One loop, so one pool: the second call finds the first's connection. */
+    const char *sc_args[] = {"--http-workers", "1", "--upstream-ca-file", ca,
+                             NULL};
     const char *t = testenv_tmpdir("httptls");
     int64_t until;
     char *body = NULL;
@@ -187,14 +187,11 @@ static int suite_init(void)
     snprintf(url, sizeof(url), "https://127.0.0.1:%d/base", port_other);
     if (apply_product("other-name", url))
         goto fail;
-    /* The sidecar trusts the test CA through OpenSSL's default paths. */
     snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
-    setenv("SSL_CERT_FILE", ca, 1);
     so.controlplane = cp->grpc_target;
     so.extra_args = sc_args;
     so.wait_ready = true;
     sc = sidecarenv_start(&so);
-    unsetenv("SSL_CERT_FILE");
     if (sc == NULL)
         goto fail;
     /* The sidecar has the products once its first call is not a 404. */
