@@ -146,7 +146,7 @@ static void sse_close(sse *s)
  */
 static void streams_settle(void)
 {
-    int64_t until = mono_ms() + 5000;
+    int64_t until = mono_ms() + 15000;
     double streams = -1;
 
     while (sidecarenv_metric(sc, "polis_sidecar_event_streams", &streams) ==
@@ -826,6 +826,7 @@ typedef struct burster {
 } burster;
 
 static atomic_bool burst_stop;
+static atomic_int burst_acked; /* acknowledged publishes, all threads */
 
 static void *burst(void *arg)
 {
@@ -856,6 +857,7 @@ static void *burst(void *arg)
             b->acks[b->nacks].first =
                 json_integer_value(json_object_get(ans, "first"));
             b->acks[b->nacks++].id0 = id0;
+            atomic_fetch_add(&burst_acked, 1);
         }
         json_decref(ans);
         gc_response_free(&r);
@@ -880,12 +882,20 @@ static void test_kill9_mid_burst(void)
     sse *s;
 
     burst_stop = false;
+    atomic_store(&burst_acked, 0);
     for (int i = 0; i < BURST_THREADS; i++) {
         b[i].no = i;
         b[i].nacks = 0;
         pthread_create(&b[i].t, NULL, burst, &b[i]);
     }
-    usleep(700 * 1000);
+    /* Mid burst: once publishes are being acknowledged (however slowly
+     * the machine goes), and a moment later. */
+    {
+        int64_t until = mono_ms() + 15000;
+        while (atomic_load(&burst_acked) < 20 && mono_ms() < until)
+            usleep(10 * 1000);
+    }
+    usleep(100 * 1000);
     CU_ASSERT_EQUAL_FATAL(sidecarenv_kill(sc, SIGKILL), 0);
     for (int i = 0; i < BURST_THREADS; i++) {
         pthread_join(b[i].t, NULL);
@@ -956,7 +966,7 @@ static void test_consumer_bound(void)
     expect(NULL, ORDERS, AUDRA, NULL, NULL, 503, "at most 3 event streams");
     sse_close(s[0]);
     /* The sidecar notices the hang-up when it reads EOF. */
-    until = mono_ms() + 5000;
+    until = mono_ms() + 15000;
     do {
         sse_close(extra);
         usleep(20 * 1000);
