@@ -175,6 +175,11 @@ int hp_tls_new(const char *ca_file, SSL_CTX **out, polis_error *err)
         return polis_error_set(err, POLIS_ENOMEM, NULL,
                                "cannot make a TLS context");
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* A server that closes without close_notify: OpenSSL 3 makes that an
+     * error, which libevent 2.1 does not map to EOF, so a close-delimited
+     * answer would be cut.  Bodies framed by a length or chunks still
+     * notice a truncation. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (ca_file && *ca_file)
         ok = SSL_CTX_load_verify_locations(ctx, ca_file, NULL);
@@ -200,13 +205,19 @@ hp_pool *hp_pool_new(struct event_base *base, SSL_CTX *tls)
     if (p == NULL)
         return NULL;
     /* resolv.conf (its nameservers, search list and ndots) and the hosts
-     * file, as the system resolver would; without a resolv.conf evdns
-     * asks 127.0.0.1. */
-    p->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+     * file, as the system resolver would.  A missing resolv.conf, or one
+     * without a nameserver (a container without DNS), is no error: evdns
+     * then asks 127.0.0.1, and names in /etc/hosts resolve anyway.
+     * (EVDNS_BASE_INITIALIZE_NAMESERVERS would fail the whole base.) */
+    p->dns = evdns_base_new(base, 0);
     if (p->dns == NULL) {
         free(p);
         return NULL;
     }
+    (void)evdns_base_resolv_conf_parse(p->dns, DNS_OPTIONS_ALL,
+                                       "/etc/resolv.conf");
+    if (evdns_base_count_nameservers(p->dns) == 0)
+        evdns_base_nameserver_ip_add(p->dns, "127.0.0.1");
     p->tls = tls;
     return p;
 }
@@ -447,6 +458,13 @@ static void on_pause(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* An answer that has no body whatever its headers say (RFC 9112 6.3). */
+static bool bodyless(enum evhttp_cmd_type cmd, int status)
+{
+    return cmd == EVHTTP_REQ_HEAD || (status >= 100 && status < 200) ||
+           status == 204 || status == 304;
+}
+
 static int on_headers(struct evhttp_request *ureq, void *arg)
 {
     hp_ctx *c = arg;
@@ -466,7 +484,8 @@ static int on_headers(struct evhttp_request *ureq, void *arg)
         (ureq->major == 1 && ureq->minor == 0 &&
          !connection_names(in, "keep-alive")) ||
         (evhttp_find_header(in, "Content-Length") == NULL &&
-         evhttp_find_header(in, "Transfer-Encoding") == NULL))
+         evhttp_find_header(in, "Transfer-Encoding") == NULL &&
+         !bodyless(c->cmd, c->status)))
         c->no_reuse = true;
     TAILQ_FOREACH(kv, in, next)
     if (end_to_end(in, kv->key))
@@ -736,7 +755,12 @@ void hp_forward(struct event_base *base, hp_pool *pool,
         return;
     }
     c->pool = pool;
-    snprintf(c->host, sizeof(c->host), "%s", host);
+    /* "[::1]" names the address ::1: connect to, and verify, that. */
+    if (host[0] == '[' && host[strlen(host) - 1] == ']')
+        snprintf(c->host, sizeof(c->host), "%.*s", (int)strlen(host) - 2,
+                 host + 1);
+    else
+        snprintf(c->host, sizeof(c->host), "%s", host);
     c->port = port;
     c->uevcon = pool_get(pool, c->host, port, c->tls);
     c->pooled = c->uevcon != NULL;

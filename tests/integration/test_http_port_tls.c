@@ -35,7 +35,8 @@ static char dir[512];
 /* good: the test CA, SAN localhost + 127.0.0.1; rogue: another CA;
  * other: the test CA, SAN other.example only */
 static nginxenv web;
-static int port_good, port_rogue, port_other;
+static testenv_proc *closer; /* HTTP/1.0, ends bodies by closing */
+static int port_good, port_rogue, port_other, port_closer;
 
 static int64_t mono_ms(void)
 {
@@ -87,6 +88,54 @@ static int serve(void)
     return nginxenv_start(&web, dir, "nginx", http, list, 3);
 }
 
+/*
+ * An upstream as small servers are: HTTP/1.0, the body ended by closing
+ * the connection, and no TLS close_notify before the close (Python's
+ * SSLSocket.close() sends none).  OpenSSL 3 calls that an error unless
+ * told otherwise; the answer must still arrive whole.
+ */
+static testenv_proc *serve_closer(void)
+{
+    static const char script[] =
+        "import socket, ssl, sys\n"
+        "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+        "ctx.load_cert_chain(sys.argv[2], sys.argv[3])\n"
+        "srv = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "while True:\n"
+        "    raw, _ = srv.accept()\n"
+        "    try:\n"
+        "        c = ctx.wrap_socket(raw, server_side=True)\n"
+        "        buf = b''\n"
+        "        while b'\\r\\n\\r\\n' not in buf:\n"
+        "            d = c.recv(4096)\n"
+        "            if not d: break\n"
+        "            buf += d\n"
+        "        c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain'\n"
+        "                  b'\\r\\n\\r\\nclosed, not notified\\n')\n"
+        "        c.close()\n"
+        "    except (OSError, ssl.SSLError):\n"
+        "        raw.close()\n";
+    char port[16], crt[600], key[600], log[600];
+    const char *argv[] = {"python3", "-c", script, port, crt, key, NULL};
+    testenv_proc *p;
+
+    port_closer = testenv_free_port();
+    snprintf(port, sizeof(port), "%d", port_closer);
+    snprintf(crt, sizeof(crt), "%s/good.crt", dir);
+    snprintf(key, sizeof(key), "%s/good.key", dir);
+    snprintf(log, sizeof(log), "%s/closer.log", dir);
+    p = testenv_spawn(argv, NULL, log);
+    if (p && testenv_wait_port("127.0.0.1", port_closer, 15000) != 0) {
+        char *tail = testenv_file_tail(log, 2000);
+        fprintf(stderr, "the python upstream did not start:\n%s\n",
+                tail ? tail : "");
+        free(tail);
+        testenv_proc_stop(p, 1000);
+        p = NULL;
+    }
+    return p;
+}
+
 static int apply_product(const char *name, const char *upstream)
 {
     char doc[1024];
@@ -124,6 +173,8 @@ static int suite_cleanup(void)
     cpenv_stop(cp);
     cp = NULL;
     nginxenv_stop(&web, 2000);
+    testenv_proc_stop(closer, 2000);
+    closer = NULL;
     return 0;
 }
 
@@ -186,6 +237,11 @@ static int suite_init(void)
         goto fail;
     snprintf(url, sizeof(url), "https://127.0.0.1:%d/base", port_other);
     if (apply_product("other-name", url))
+        goto fail;
+    if ((closer = serve_closer()) == NULL)
+        goto fail;
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/base", port_closer);
+    if (apply_product("closer", url))
         goto fail;
     snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
     so.controlplane = cp->grpc_target;
@@ -266,11 +322,26 @@ static void test_other_name_refused(void)
     free(body);
 }
 
+/* Twice: the first connection is not pooled (it ended with the answer),
+ * so the second is not sent on a dead one. */
+static void test_close_delimited(void)
+{
+    for (int i = 0; i < 2; i++) {
+        char *body = NULL;
+
+        CU_ASSERT_EQUAL(get("closer", &body), 200);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(body);
+        CU_ASSERT_STRING_EQUAL(body, "closed, not notified\n");
+        free(body);
+    }
+}
+
 static const test_case cases[] = {
     {"verified by IP address", test_verified_by_ip},
     {"verified by host name", test_verified_by_name},
     {"a certificate of an unknown CA is refused", test_unknown_ca_refused},
     {"a certificate for another name is refused", test_other_name_refused},
+    {"a body ended by a close without close_notify", test_close_delimited},
     {NULL, NULL},
 };
 
