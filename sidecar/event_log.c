@@ -800,7 +800,10 @@ static int roll_locked(sc_event_log *log, polis_error *err)
     el_segment *s = &log->segs[log->nsegs - 1];
     int rc;
 
-    if (log->opts.fsync != SC_EVENT_FSYNC_NEVER) {
+    /* In NEVER mode too while records of BATCH appends wait for their
+       fsync (the mode was changed under them). */
+    if (log->opts.fsync != SC_EVENT_FSYNC_NEVER ||
+        log->durable_next < log->written_next) {
         /* Sealed segments are trusted at open without their CRCs being
            checked, so they must be whole on disk before a newer one
            exists. */
@@ -888,6 +891,9 @@ static int append(sc_event_log *log, const sc_event *events, size_t n,
         s = &log->segs[log->nsegs - 1];
     }
 
+    /* Records before ours that a BATCH append still waits on: a switch to
+     * NEVER must not make them "durable" without their fsync. */
+    bool behind = log->durable_next < log->written_next;
     int64_t now = log_now(log);
     uint64_t pos = 0, old_size = s->size, old_nindex = s->nindex;
     first = log->written_next;
@@ -935,11 +941,12 @@ static int append(sc_event_log *log, const sc_event *events, size_t n,
 
     switch (log->opts.fsync) {
     case SC_EVENT_FSYNC_ALWAYS:
-        rc = fsync_active_locked(log, err);
-        if (rc)
-            goto out;
-        /* fall through */
     case SC_EVENT_FSYNC_NEVER:
+        if (log->opts.fsync == SC_EVENT_FSYNC_ALWAYS || behind) {
+            rc = fsync_active_locked(log, err);
+            if (rc)
+                goto out;
+        }
         log->durable_next = end;
         pthread_cond_broadcast(&log->durable_cv);
         notify = true;

@@ -24,6 +24,7 @@ typedef struct open_log {
     char key[2 * POL_MAX_NAME + 66]; /* "domain/product/port" */
     sc_event_log *log;
     sc_event_log_options applied; /* the port's settings in force */
+    int64_t applied_rev;          /* of the snapshot they came from */
 } open_log;
 
 struct sc_events {
@@ -230,7 +231,7 @@ static bool same_settings(const sc_event_log_options *a,
 }
 
 int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
-                  sc_event_log **log, polis_error *err)
+                  int64_t revision, sc_event_log **log, polis_error *err)
 {
     const char *port = json_string_value(json_object_get(port_doc, "name"));
     const char *slash = strchr(product, '/');
@@ -252,13 +253,18 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
         open_log *ol = &ev->logs[i];
         if (strcmp(ol->key, key) != 0)
             continue;
-        /* The port changed in a new snapshot: in force from this request
-         * on.  Should that fail, the log keeps its settings and serves. */
-        if (!same_settings(&ol->applied, &want)) {
+        /* The port changed in a newer snapshot: in force from this request
+         * on (a request still on an older one must not bring the old
+         * settings back).  Should that fail, the log keeps its settings
+         * and serves. */
+        if (revision > 0 && revision >= ol->applied_rev) {
             polis_error ignored = {0};
-            if (sc_event_log_configure(ol->log, &want, &ignored) == 0 ||
-                ignored.code == POLIS_EIO)
+            if (same_settings(&ol->applied, &want) ||
+                sc_event_log_configure(ol->log, &want, &ignored) == 0 ||
+                ignored.code == POLIS_EIO) {
                 ol->applied = want;
+                ol->applied_rev = revision;
+            }
         }
         *log = ol->log;
         pthread_mutex_unlock(&ev->mu);
@@ -301,6 +307,7 @@ int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
         snprintf(ol->key, sizeof(key), "%s", key);
         ol->log = *log;
         ol->applied = want;
+        ol->applied_rev = revision;
     }
 out:
     pthread_mutex_unlock(&ev->mu);

@@ -68,13 +68,15 @@ void sc_events_set_listener(sc_events *ev, void (*fn)(void *ctx), void *ctx);
 
 /*
  * The log of `product`'s ("domain/name") event port `port_doc` (a port of
- * type event of the DataProduct), opened on first use with the port's
- * fsync and retention settings; when port_doc's settings differ from those
- * in force (a new snapshot changed them), they are applied to the open log
- * first.  *log is borrowed until sc_events_free.  Thread-safe.
+ * type event of the DataProduct of snapshot `revision`), opened on first
+ * use with the port's fsync and retention settings.  When the log is open
+ * and `revision` is at least that of the settings in force, port_doc's
+ * settings are applied to it first (a new snapshot changed them); an older
+ * revision, or 0, changes nothing.  *log is borrowed until sc_events_free.
+ * Thread-safe.
  */
 int sc_events_log(sc_events *ev, const char *product, const json_t *port_doc,
-                  sc_event_log **log, polis_error *err);
+                  int64_t revision, sc_event_log **log, polis_error *err);
 
 /* Apply retention to every open log now (the timer does it too). */
 void sc_events_retain(sc_events *ev);

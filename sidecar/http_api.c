@@ -1777,8 +1777,9 @@ static int event_log_of(preq *p, sc_event_log **log)
         fail(p, 503, "unavailable", "this sidecar serves no event ports");
         return -1;
     }
-    if (sc_events_log(p->h->o.events, p->product, p->port_doc, log, &err) !=
-        0) {
+    if (sc_events_log(p->h->o.events, p->product, p->port_doc,
+                      p->snap ? sc_snapshot_revision(p->snap) : 0, log,
+                      &err) != 0) {
         fail_err(p, 503, "unavailable", &err);
         return -1;
     }

@@ -845,7 +845,10 @@ static int open_log(bridge *b)
     bool have_saved;
     int rc;
 
-    rc = sc_events_log(b->set->events, b->product, b->port_doc, &b->log, &err);
+    /* Revision 0: its copy of the port may be older than the snapshot in
+     * force; the HTTP routes carry settings changes to an open log. */
+    rc = sc_events_log(b->set->events, b->product, b->port_doc, 0, &b->log,
+                       &err);
     if (rc != 0) {
         char text[POLIS_ERROR_MSG_MAX + POLIS_ERROR_WHERE_MAX];
         if (rc != POLIS_ECANCELED)
@@ -1173,6 +1176,10 @@ static int reconcile(sc_bridges *s, sc_snapshot *snap)
                          b->key, b->broker, b->topic, b->audience, b->qos,
                          b->tls ? "yes" : "no",
                          b->credentials[0] ? b->credentials : "(none)");
+                if (b->credentials[0] && !b->tls)
+                    log_warn("mqtt bridge: its login crosses the network in "
+                             "clear text; use an mqtts:// broker",
+                             "port=%s credentials=%s", b->key, b->credentials);
             }
         }
         free(want[j].settings);

@@ -1143,6 +1143,68 @@ static void test_configure_fsync_modes(void)
     sc_event_log_free(log);
 }
 
+typedef struct one_append {
+    sc_event_log *log;
+    uint64_t off;
+    int rc;
+} one_append;
+
+static void *append_one(void *p)
+{
+    one_append *a = p;
+
+    a->rc = append_str(a->log, "waits-for-its-batch", &a->off);
+    return NULL;
+}
+
+/* A switch to NEVER while a BATCH append waits for its fsync (here the
+ * next append also rolls the segment): that append is still answered
+ * only once an fsync covered it. */
+static void test_configure_never_keeps_waiters_durable(void)
+{
+    fsync_probe probe = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    sc_event_log_options o = {.dir = fresh_dir("configure-never"),
+                              .fsync = SC_EVENT_FSYNC_BATCH,
+                              .batch_interval_ms = 2000,
+                              .segment_bytes = 256,
+                              .on_fsync = probe_hook,
+                              .on_fsync_ctx = &probe};
+    sc_event_log *log = open_opts(&o);
+    one_append a = {.log = log};
+    sc_event_log_stats st = {0};
+    polis_error err = {0};
+    struct timespec t0, t1;
+    uint64_t before;
+    char big[300];
+    pthread_t t;
+
+    /* The first append's fsync starts the interval; the next one waits. */
+    CU_ASSERT_EQUAL(append_str(log, "first", NULL), 0);
+    sc_event_log_stats_get(log, &st);
+    before = st.bytes;
+    CU_ASSERT_FATAL(pthread_create(&t, NULL, append_one, &a) == 0);
+    /* Its record is written (bytes grow) long before it is acknowledged. */
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        struct timespec pause = {0, 1000 * 1000};
+        nanosleep(&pause, NULL);
+        sc_event_log_stats_get(log, &st);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    } while (st.bytes == before && t1.tv_sec - t0.tv_sec < 10);
+    CU_ASSERT_EQUAL(st.next_offset, 1); /* still waiting */
+    o.fsync = SC_EVENT_FSYNC_NEVER;
+    CU_ASSERT_EQUAL(sc_event_log_configure(log, &o, &err), 0);
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CU_ASSERT_EQUAL(append_str(log, big, NULL), 0); /* rolls */
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(a.rc, 0);
+    pthread_mutex_lock(&probe.mu);
+    CU_ASSERT(probe.durable >= a.off + 1);
+    pthread_mutex_unlock(&probe.mu);
+    sc_event_log_free(log);
+}
+
 static const test_case event_log_cases[] = {
     {"round_trip_across_rolls", test_round_trip_across_rolls},
     {"offsets_continue_after_reopen", test_offsets_continue_after_reopen},
@@ -1167,6 +1229,8 @@ static const test_case event_log_cases[] = {
     {"async_batch_shares_fsyncs", test_async_batch_shares_fsyncs},
     {"configure_retention", test_configure_retention},
     {"configure_fsync_modes", test_configure_fsync_modes},
+    {"configure_never_keeps_waiters_durable",
+     test_configure_never_keeps_waiters_durable},
     {"async_always_is_durable_on_return",
      test_async_always_is_durable_on_return},
     {NULL, NULL},
