@@ -92,7 +92,10 @@ struct stream {
     char last_error[512];
     double last_seen, last_keepalive;
     double last_status_write;
-    uint64_t serial; /* names the stream to the access writer */
+    /* Another replica wrote the status record after this stream's last
+     * write (the sidecar moved there): this stream writes it no more. */
+    bool status_lost;
+    uint64_t serial; /* names the stream to the access and status writers */
     stream *next;
 };
 
@@ -130,10 +133,13 @@ struct cp_dist {
     pthread_t status_thread;
     bool status_started;
     pthread_cond_t status_cond;
-    json_t *status_pending; /* id -> {"record":..., "connected":bool} */
+    /* id -> {"record":..., "connected":bool, "claim":STATUS_*,
+     * "serial":the stream's} */
+    json_t *status_pending;
     /* id -> the etcd revision of this replica's last write of the record
      * of a sidecar connected here (status thread only) */
     json_t *status_written;
+    double status_keepalive_at; /* status thread only */
     int64_t lease, disc_lease;
     double disc_lease_at;
 
@@ -316,13 +322,43 @@ static const char *stream_state(const stream *st)
     return "CONNECTED";
 }
 
+/*
+ * How a pending record may be written.  A record is this replica's to write
+ * only while nobody else wrote it since its own last write (compared on the
+ * record's mod_revision): a sidecar that moved to another replica keeps that
+ * replica's record even if this one's old stream is still open.  The first
+ * write after a hello claims the record: that stream is the live
+ * connection.  After the status lease expired, the records are gone; they
+ * are written again only where no record is (the sidecar may have moved
+ * meanwhile).  Values are ordered: merging two items keeps the larger.
+ */
+enum { STATUS_GUARDED = 0, STATUS_RECLAIM = 1, STATUS_CLAIM = 2 };
+
+static int item_claim(const json_t *item)
+{
+    return (int)json_integer_value(json_object_get(item, "claim"));
+}
+
+/* Put item (stolen) in the pending map, replacing id's older one but
+ * keeping the stronger claim of the two (under d->lock). */
+static void status_pending_set_locked(cp_dist *d, const char *id, json_t *item)
+{
+    json_t *old = json_object_get(d->status_pending, id);
+
+    if (item == NULL)
+        return;
+    if (old && item_claim(old) > item_claim(item))
+        json_object_set_new(item, "claim", json_integer(item_claim(old)));
+    json_object_set_new(d->status_pending, id, item);
+}
+
 /* Queue the stream's status for the status thread (under d->lock). */
-static void status_queue(cp_dist *d, stream *st, bool connected)
+static void status_queue(cp_dist *d, stream *st, bool connected, int claim)
 {
     char seen[40];
     json_t *rec;
 
-    if (!st->hello)
+    if (!st->hello || st->status_lost)
         return;
     rfc3339_ms(wall_ms(), seen, sizeof(seen));
     rec =
@@ -339,10 +375,18 @@ static void status_queue(cp_dist *d, stream *st, bool connected)
     if (rec == NULL)
         return;
     st->last_status_write = mono_now();
-    json_object_set_new(
-        d->status_pending, st->id,
-        json_pack("{s:o, s:b}", "record", rec, "connected", connected));
+    status_pending_set_locked(d, st->id,
+                              json_pack("{s:o, s:b, s:i, s:I}", "record", rec,
+                                        "connected", connected, "claim", claim,
+                                        "serial", (json_int_t)st->serial));
     pthread_cond_signal(&d->status_cond);
+}
+
+static void requeue_all_locked(cp_dist *d)
+{
+    for (domain_state *dom = d->domains; dom; dom = dom->next)
+        for (stream *st = dom->streams; st; st = st->next)
+            status_queue(d, st, true, STATUS_RECLAIM);
 }
 
 static int ensure_leases(cp_dist *d, polis_error *err)
@@ -361,135 +405,219 @@ static int ensure_leases(cp_dist *d, polis_error *err)
 }
 
 /*
- * A DISCONNECTED record, written only if the record is still the one this
- * replica wrote last (or there is none): a sidecar that has already
- * reconnected to another replica keeps that replica's CONNECTED record.
- * Its own txn, so that one stale record cannot fail the others' writes.
+ * Keep the status lease alive when it is due.  Called between txns, so
+ * that writing thousands of records never lets it lapse.  If it expired
+ * (etcd was away), its records are gone: every stream is queued again and
+ * POLIS_ENOTFOUND tells the caller to stop using the old lease.
  */
-static int status_write_disconnected(cp_dist *d, const char *key,
-                                     const char *id, const char *val,
-                                     polis_error *err)
+static int status_keepalive(cp_dist *d, polis_error *err)
 {
-    json_t *mine = json_object_get(d->status_written, id);
-    etcd_compare cmp = {.key = key,
-                        .target = ETCD_CMP_MOD,
-                        .op = ETCD_CMP_EQUAL,
-                        .number = mine ? json_integer_value(mine) : 0};
-    etcd_op put = {.type = ETCD_OP_PUT,
-                   .key = key,
-                   .value = val,
-                   .value_len = strlen(val),
-                   .lease = d->disc_lease};
-    etcd_txn_result tr = {0};
-    int rc = etcd_txn(d->etcd, &cmp, 1, &put, 1, NULL, 0, &tr, err);
+    int rc;
 
-    if (rc == 0 && !tr.succeeded && mine) {
-        /* Not ours any more, or gone (its lease expired): write it only
-         * where nothing is. */
-        etcd_txn_result_free(&tr);
-        cmp.number = 0;
-        rc = etcd_txn(d->etcd, &cmp, 1, &put, 1, NULL, 0, &tr, err);
+    if (d->lease == 0 ||
+        mono_now() - d->status_keepalive_at < d->status_lease_s / 3.0)
+        return 0;
+    rc = etcd_lease_keepalive(d->etcd, d->lease, NULL, err);
+    d->status_keepalive_at = mono_now();
+    if (rc == POLIS_ENOTFOUND) {
+        d->lease = 0;
+        pthread_mutex_lock(&d->lock);
+        requeue_all_locked(d);
+        pthread_mutex_unlock(&d->lock);
     }
-    etcd_txn_result_free(&tr);
-    if (rc == 0)
-        json_object_del(d->status_written, id);
     return rc;
 }
 
-/* Write a batch of status records; returns what is left unwritten. */
+/* One record of a batch being written. */
+typedef struct status_put {
+    const char *id; /* the batch's key */
+    char *key, *val;
+    bool connected;
+    int claim;
+    int64_t mine; /* this replica's last write of it; 0: none known */
+    uint64_t serial;
+} status_put;
+
+/* The compare that guards p's write in the batch txn; false: none. */
+static bool status_compare(const status_put *p, etcd_compare *cmp)
+{
+    if (p->claim == STATUS_CLAIM && p->connected)
+        return false;
+    *cmp = (etcd_compare){.key = p->key,
+                          .target = ETCD_CMP_MOD,
+                          .op = ETCD_CMP_EQUAL,
+                          .number = p->claim == STATUS_GUARDED ? p->mine : 0};
+    if (cmp->number == 0)
+        cmp->target = ETCD_CMP_CREATE; /* only where no record is */
+    return true;
+}
+
+static etcd_op status_op(const cp_dist *d, const status_put *p)
+{
+    return (etcd_op){.type = ETCD_OP_PUT,
+                     .key = p->key,
+                     .value = p->val,
+                     .value_len = strlen(p->val),
+                     .lease = p->connected ? d->lease : d->disc_lease};
+}
+
+/* p was written at revision rev. */
+static void status_done(cp_dist *d, const status_put *p, int64_t rev)
+{
+    if (p->connected)
+        json_object_set_new(d->status_written, p->id, json_integer(rev));
+    else
+        json_object_del(d->status_written, p->id);
+}
+
+/*
+ * Write p alone: with its compare, then, if the record is not the one this
+ * replica wrote last, only where no record is (its lease expired).  *won
+ * is false when another replica holds the record.
+ */
+static int status_write_one(cp_dist *d, const status_put *p, bool *won,
+                            polis_error *err)
+{
+    etcd_compare cmp;
+    etcd_op op = status_op(d, p);
+    bool guarded = status_compare(p, &cmp);
+    etcd_txn_result tr = {0};
+    int rc =
+        etcd_txn(d->etcd, &cmp, guarded ? 1 : 0, &op, 1, NULL, 0, &tr, err);
+
+    if (rc == 0 && !tr.succeeded && cmp.target == ETCD_CMP_MOD) {
+        etcd_txn_result_free(&tr);
+        cmp.target = ETCD_CMP_CREATE;
+        cmp.number = 0;
+        rc = etcd_txn(d->etcd, &cmp, 1, &op, 1, NULL, 0, &tr, err);
+    }
+    if (rc == 0) {
+        *won = tr.succeeded;
+        if (tr.succeeded)
+            status_done(d, p, tr.revision);
+        else
+            json_object_del(d->status_written, p->id);
+    }
+    etcd_txn_result_free(&tr);
+    return rc;
+}
+
+/* The streams that lost their records write them no more. */
+static void status_mark_lost(cp_dist *d, const uint64_t *serials, size_t n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&d->lock);
+    for (domain_state *dom = d->domains; dom; dom = dom->next)
+        for (stream *st = dom->streams; st; st = st->next)
+            for (size_t i = 0; i < n; i++)
+                if (st->serial == serials[i]) {
+                    st->status_lost = true;
+                    log_info("sidecar status written by another replica; "
+                             "this stream leaves it alone",
+                             "id=%s domain=%s", st->id, st->domain);
+                }
+    pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * Write up to STATUS_BATCH records of the batch, taking out what is done
+ * (written, or left to another replica).  Normally one txn, whose compares
+ * guard every record; if one fails, nothing was written and each record
+ * is written in its own txn to find out which.
+ */
 static int status_write(cp_dist *d, json_t *batch, polis_error *err)
 {
+    status_put puts[STATUS_BATCH];
+    etcd_compare cmps[STATUS_BATCH];
     etcd_op ops[STATUS_BATCH];
-    char *keys[STATUS_BATCH], *vals[STATUS_BATCH];
-    size_t n = 0;
+    uint64_t lost[STATUS_BATCH];
+    size_t n = 0, n_cmp = 0, n_lost = 0;
     const char *id;
-    json_t *item;
+    json_t *item, *tmp;
     etcd_txn_result tr = {0};
     int rc;
 
-    rc = ensure_leases(d, err);
+    rc = status_keepalive(d, err);
+    if (rc == 0)
+        rc = ensure_leases(d, err);
     if (rc)
         return rc;
-    /* DISCONNECTED records first, one by one (they are rare)... */
-    for (;;) {
-        const char *gone = NULL;
-        char *key = NULL, *val;
-
-        json_object_foreach(batch, id, item)
-        {
-            if (!json_is_true(json_object_get(item, "connected"))) {
-                gone = id;
-                break;
-            }
-        }
-        if (gone == NULL)
-            break;
-        item = json_object_get(batch, gone);
-        val = json_dumps(json_object_get(item, "record"), JSON_COMPACT);
-        if (asprintf(&key, "%ssidecars/%s", cp_store_prefix(d->store), gone) <
-            0)
-            key = NULL;
-        rc = key && val ? status_write_disconnected(d, key, gone, val, err)
-                        : polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
-        free(key);
-        free(val);
-        if (rc)
-            return rc;
-        json_object_del(batch, gone);
-    }
-    /* ...then the others in one txn. */
-    json_object_foreach(batch, id, item)
+    json_object_foreach_safe(batch, tmp, id, item)
     {
+        status_put *p;
+        json_t *mine;
+
         if (n == STATUS_BATCH)
             break;
-        keys[n] = NULL;
-        vals[n] = json_dumps(json_object_get(item, "record"), JSON_COMPACT);
-        if (asprintf(&keys[n], "%ssidecars/%s", cp_store_prefix(d->store), id) <
-            0)
-            keys[n] = NULL;
-        if (keys[n] == NULL || vals[n] == NULL) {
-            free(keys[n]);
-            free(vals[n]);
+        p = &puts[n];
+        mine = json_object_get(d->status_written, id);
+        *p = (status_put){
+            .id = id,
+            .connected = json_is_true(json_object_get(item, "connected")),
+            .claim = item_claim(item),
+            .mine = mine ? json_integer_value(mine) : 0,
+            .serial =
+                (uint64_t)json_integer_value(json_object_get(item, "serial"))};
+        if (p->connected && p->claim == STATUS_GUARDED && p->mine == 0) {
+            /* Its stream lost the record: nothing to compare with. */
+            json_object_del(batch, id);
             continue;
         }
-        ops[n] =
-            (etcd_op){.type = ETCD_OP_PUT,
-                      .key = keys[n],
-                      .value = vals[n],
-                      .value_len = strlen(vals[n]),
-                      .lease = json_is_true(json_object_get(item, "connected"))
-                                   ? d->lease
-                                   : d->disc_lease};
+        p->val = json_dumps(json_object_get(item, "record"), JSON_COMPACT);
+        if (asprintf(&p->key, "%ssidecars/%s", cp_store_prefix(d->store), id) <
+            0)
+            p->key = NULL;
+        if (p->key == NULL || p->val == NULL) {
+            free(p->key);
+            free(p->val);
+            rc = polis_error_set(err, POLIS_ENOMEM, NULL, NULL);
+            goto out;
+        }
+        ops[n] = status_op(d, p);
+        if (status_compare(p, &cmps[n_cmp]))
+            n_cmp++;
         n++;
     }
-    rc = etcd_txn(d->etcd, NULL, 0, ops, n, NULL, 0, &tr, err);
-    for (size_t i = 0; i < n; i++) {
-        if (rc == 0) {
-            const char *done = strrchr(keys[i], '/') + 1;
-            json_object_set_new(d->status_written, done,
-                                json_integer(tr.revision));
-            json_object_del(batch, done);
+    if (n == 0)
+        return 0;
+    rc = etcd_txn(d->etcd, cmps, n_cmp, ops, n, NULL, 0, &tr, err);
+    if (rc == 0 && tr.succeeded) {
+        for (size_t i = 0; i < n; i++) {
+            status_done(d, &puts[i], tr.revision);
+            json_object_del(batch, puts[i].id);
         }
-        free(keys[i]);
-        free(vals[i]);
+        goto out;
     }
-    etcd_txn_result_free(&tr);
-    return rc;
-}
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        bool won = false;
 
-static void requeue_all_locked(cp_dist *d)
-{
-    for (domain_state *dom = d->domains; dom; dom = dom->next)
-        for (stream *st = dom->streams; st; st = st->next)
-            status_queue(d, st, true);
+        /* A keepalive may be due: mass disconnects come in thousands. */
+        rc = status_keepalive(d, err);
+        if (rc == 0)
+            rc = status_write_one(d, &puts[i], &won, err);
+        if (rc)
+            break;
+        if (!won)
+            lost[n_lost++] = puts[i].serial;
+        json_object_del(batch, puts[i].id);
+    }
+out:
+    etcd_txn_result_free(&tr);
+    status_mark_lost(d, lost, n_lost);
+    for (size_t i = 0; i < n; i++) {
+        free(puts[i].key);
+        free(puts[i].val);
+    }
+    return rc;
 }
 
 static void *status_thread(void *arg)
 {
     cp_dist *d = arg;
-    double last_keepalive = mono_now();
     char msg[1024];
 
+    d->status_keepalive_at = mono_now();
     pthread_mutex_lock(&d->lock);
     while (!atomic_load(&d->stop)) {
         struct timespec until;
@@ -505,18 +633,7 @@ static void *status_thread(void *arg)
         d->status_pending = json_object();
         pthread_mutex_unlock(&d->lock);
 
-        if (mono_now() - last_keepalive >= d->status_lease_s / 3.0 &&
-            d->lease) {
-            rc = etcd_lease_keepalive(d->etcd, d->lease, NULL, &err);
-            if (rc == POLIS_ENOTFOUND) {
-                /* The lease expired (etcd was away): rewrite everything. */
-                d->lease = 0;
-                pthread_mutex_lock(&d->lock);
-                requeue_all_locked(d);
-                pthread_mutex_unlock(&d->lock);
-            }
-            last_keepalive = mono_now();
-        }
+        rc = status_keepalive(d, &err);
         while (json_object_size(batch) > 0 && rc == 0)
             rc = status_write(d, batch, &err);
         if (rc && rc != POLIS_ENOTFOUND)
@@ -524,14 +641,19 @@ static void *status_thread(void *arg)
                      polis_error_format(&err, msg, sizeof(msg)));
 
         pthread_mutex_lock(&d->lock);
-        /* Keep what failed, unless something newer came meanwhile. */
+        /* Keep what failed, unless something newer came meanwhile (which
+         * keeps the stronger claim of the two). */
         {
             const char *id;
-            json_t *item;
+            json_t *item, *newer;
             json_object_foreach(batch, id, item)
             {
-                if (json_object_get(d->status_pending, id) == NULL)
+                newer = json_object_get(d->status_pending, id);
+                if (newer == NULL)
                     json_object_set(d->status_pending, id, item);
+                else if (item_claim(item) > item_claim(newer))
+                    json_object_set_new(newer, "claim",
+                                        json_integer(item_claim(item)));
             }
         }
         json_decref(batch);
@@ -561,7 +683,7 @@ static void stream_service_locked(cp_dist *d, stream *st, double now)
             st->pushed_at_ms = wall_ms();
             st->last_keepalive = now;
             metric_add(d->m_pushes, 1);
-            status_queue(d, st, true);
+            status_queue(d, st, true, STATUS_GUARDED);
         } else if (rc == POLIS_ETOOBIG) {
             /* It would never fit: say so instead of retrying forever. */
             snprintf(st->last_error, sizeof(st->last_error),
@@ -575,7 +697,7 @@ static void stream_service_locked(cp_dist *d, stream *st, double now)
             st->latest_revision = st->pending->revision;
             snapshot_unref(st->pending);
             st->pending = NULL;
-            status_queue(d, st, true);
+            status_queue(d, st, true, STATUS_GUARDED);
         }
     }
     if (now - st->last_keepalive >= d->keepalive_ms / 1000.0 &&
@@ -621,13 +743,14 @@ static void stream_unlink_locked(cp_dist *d, stream *st)
     st->next = NULL;
 }
 
-/* Is another live stream of this replica speaking for sidecar `id`? */
+/* Is another live stream of this replica speaking for sidecar `id` (one
+ * that has not lost its record to another replica)? */
 static bool id_connected_locked(cp_dist *d, const stream *except,
                                 const char *id)
 {
     for (domain_state *dom = d->domains; dom; dom = dom->next)
         for (stream *st = dom->streams; st; st = st->next)
-            if (st != except && strcmp(st->id, id) == 0)
+            if (st != except && !st->status_lost && strcmp(st->id, id) == 0)
                 return true;
     return false;
 }
@@ -1017,7 +1140,8 @@ static int on_hello(cp_dist *d, stream *st, const Polis__V1__Hello *h)
         stream_service_locked(d, st, mono_now());
     }
     metric_gauge_add(d->m_connected, 1);
-    status_queue(d, st, true);
+    /* This stream is the sidecar's live connection: its record. */
+    status_queue(d, st, true, STATUS_CLAIM);
     pthread_mutex_unlock(&d->lock);
     log_info("sidecar connected", "id=%s domain=%s peer=%s", st->id, st->domain,
              rpc_call_peer(st->call));
@@ -1103,7 +1227,7 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
             metric_add(d->m_acks, 1);
             if (st->sent->changed_at > 0)
                 metric_observe(d->m_convergence, now - st->sent->changed_at);
-            status_queue(d, st, true);
+            status_queue(d, st, true, STATUS_GUARDED);
         }
         break;
     case POLIS__V1__SIDECAR_MESSAGE__MSG_NACK:
@@ -1113,7 +1237,7 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
         doc_utf8_sanitize(st->last_error, sizeof(st->last_error),
                           m->nack->error);
         metric_add(d->m_nacks, 1);
-        status_queue(d, st, true);
+        status_queue(d, st, true, STATUS_GUARDED);
         log_warn("sidecar rejected a snapshot",
                  "id=%s domain=%s revision=%" PRId64 " error=\"%.200s\"",
                  st->id, st->domain, m->nack->revision, st->last_error);
@@ -1122,7 +1246,7 @@ static int subscribe_message(rpc_call *call, const ProtobufCMessage *msg,
         /* Keepalive: refresh the stored lastSeen now and then, so that
          * `polisctl sidecars` shows a live sidecar as recently seen. */
         if (now - st->last_status_write >= STATUS_REFRESH_S)
-            status_queue(d, st, true);
+            status_queue(d, st, true, STATUS_GUARDED);
         break;
     }
     pthread_mutex_unlock(&d->lock);
@@ -1142,7 +1266,7 @@ static void subscribe_end(rpc_call *call, int status, void *ud)
         metric_gauge_add(d->m_connected, -1);
         /* A sidecar that already reconnected here stays connected. */
         if (!id_connected_locked(d, st, st->id))
-            status_queue(d, st, false);
+            status_queue(d, st, false, STATUS_GUARDED);
         domain_drop_if_idle_locked(d, st->dom);
     }
     snapshot_unref(st->pending);
