@@ -117,23 +117,14 @@ static testenv_proc *serve_closer(void)
         "        raw.close()\n";
     char port[16], crt[600], key[600], log[600];
     const char *argv[] = {"python3", "-c", script, port, crt, key, NULL};
-    testenv_proc *p;
 
     port_closer = testenv_free_port();
     snprintf(port, sizeof(port), "%d", port_closer);
     snprintf(crt, sizeof(crt), "%s/good.crt", dir);
     snprintf(key, sizeof(key), "%s/good.key", dir);
     snprintf(log, sizeof(log), "%s/closer.log", dir);
-    p = testenv_spawn(argv, NULL, log);
-    if (p && testenv_wait_port("127.0.0.1", port_closer, 15000) != 0) {
-        char *tail = testenv_file_tail(log, 2000);
-        fprintf(stderr, "the python upstream did not start:\n%s\n",
-                tail ? tail : "");
-        free(tail);
-        testenv_proc_stop(p, 1000);
-        p = NULL;
-    }
-    return p;
+    return testenv_spawn_listening("the python upstream", argv, NULL, log,
+                                   port_closer, 15000);
 }
 
 static int apply_product(const char *name, const char *upstream)

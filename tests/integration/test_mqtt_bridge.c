@@ -68,14 +68,9 @@ static int broker_start(void)
 {
     const char *argv[] = {"/usr/sbin/mosquitto", "-c", broker_conf, NULL};
 
-    broker = testenv_spawn(argv, NULL, broker_log);
-    if (broker == NULL || testenv_wait_port("127.0.0.1", broker_port, 10000)) {
-        char *tail = testenv_file_tail(broker_log, 2000);
-        fprintf(stderr, "\nmosquitto did not start:\n%s\n", tail);
-        free(tail);
-        return -1;
-    }
-    return 0;
+    broker = testenv_spawn_listening("mosquitto", argv, NULL, broker_log,
+                                     broker_port, 10000);
+    return broker ? 0 : -1;
 }
 
 static int broker_setup(void)
@@ -346,38 +341,11 @@ static int wait_revision(int64_t rev, bool allowed)
 }
 
 /* The bridge's view changes are logged; these are the lines a user reads
- * to see that it skips events, or forwards them again. */
+ * to see that it skips events, or forwards them again.  Once logged, the
+ * bridge has decided on the new snapshot: every event it reads from then
+ * on is governed by it. */
 #define LOG_DENIED  "the audience may not read the product"
 #define LOG_ALLOWED "the audience may read again"
-
-/* How often `needle` occurs in the sidecar's log (restarts included). */
-static int log_count(const char *needle)
-{
-    char *log = testenv_file_tail(sc->log_path, 4 << 20);
-    int n = 0;
-
-    for (const char *p = log; p && (p = strstr(p, needle)); p++)
-        n++;
-    free(log);
-    return n;
-}
-
-/* Wait until the bridge has logged `needle` more than `before` times: it
- * has decided on the new snapshot, so every event it reads from now on is
- * governed by it.  0, or -1 (the log printed). */
-static int wait_logged(const char *needle, int before)
-{
-    int64_t until = now_ms() + 15000;
-
-    while (now_ms() < until) {
-        if (log_count(needle) > before)
-            return 0;
-        usleep(20 * 1000);
-    }
-    fprintf(stderr, "\nthe bridge never logged \"%s\"\n", needle);
-    sidecarenv_dump_log(sc, 3000);
-    return -1;
-}
 
 /* The offset the bridge saved (the next one it will read: everything
  * before it was acknowledged, filtered out or skipped), or -1. */
@@ -638,15 +606,16 @@ static void test_sidecar_restart_no_replay(void)
 static void test_audience_denied(void)
 {
     int64_t skipped, resumed, rev;
-    int denied_before = log_count(LOG_DENIED);
-    int allowed_before = log_count(LOG_ALLOWED);
+    int denied_before = sidecarenv_log_count(sc, LOG_DENIED);
+    int allowed_before = sidecarenv_log_count(sc, LOG_ALLOWED);
 
     /* Denied: the bridge forwards nothing and skips the events... */
     CU_ASSERT_FATAL((rev = apply_policy(true)) > 0);
     CU_ASSERT_FATAL(wait_revision(rev, false) == 0);
     /* The check answers from the new snapshot; the bridge thread decides
      * on it at its next read. */
-    CU_ASSERT_FATAL(wait_logged(LOG_DENIED, denied_before) == 0);
+    CU_ASSERT_FATAL(
+        sidecarenv_wait_logged(sc, LOG_DENIED, denied_before, 15000) == 0);
     skipped = publish(
         "[{\"order_id\":21,\"email\":\"nu@example.com\",\"amount\":21}]");
     CU_ASSERT_FATAL(skipped >= 0);
@@ -656,7 +625,8 @@ static void test_audience_denied(void)
     /* ...and resumes with the next event once allowed again. */
     CU_ASSERT_FATAL((rev = apply_policy(false)) > 0);
     CU_ASSERT_FATAL(wait_revision(rev, true) == 0);
-    CU_ASSERT_FATAL(wait_logged(LOG_ALLOWED, allowed_before) == 0);
+    CU_ASSERT_FATAL(
+        sidecarenv_wait_logged(sc, LOG_ALLOWED, allowed_before, 15000) == 0);
     resumed =
         publish("[{\"order_id\":22,\"email\":\"om@shop.org\",\"amount\":22}]");
     CU_ASSERT_FATAL(resumed >= 0);

@@ -111,14 +111,9 @@ static int broker_start(void)
 {
     const char *argv[] = {"/usr/sbin/mosquitto", "-c", broker_conf, NULL};
 
-    broker = testenv_spawn(argv, NULL, broker_log);
-    if (broker == NULL || testenv_wait_port("127.0.0.1", broker_port, 10000)) {
-        char *tail = testenv_file_tail(broker_log, 2000);
-        fprintf(stderr, "\nmosquitto did not start:\n%s\n", tail);
-        free(tail);
-        return -1;
-    }
-    return 0;
+    broker = testenv_spawn_listening("mosquitto", argv, NULL, broker_log,
+                                     broker_port, 10000);
+    return broker ? 0 : -1;
 }
 
 static int broker_setup(void)
@@ -302,32 +297,6 @@ static bool arrives_governed(const sidecarenv *s, int order_id)
 
 /* ---- the sidecars' logs and pages ---------------------------------------- */
 
-/* How often `needle` occurs in the sidecar's log, ignoring case. */
-static int log_count(const sidecarenv *s, const char *needle)
-{
-    char *log = testenv_file_tail(s->log_path, 4 << 20);
-    int n = 0;
-
-    for (const char *p = log; p && (p = strcasestr(p, needle)); p++)
-        n++;
-    free(log);
-    return n;
-}
-
-static int wait_logged(const sidecarenv *s, const char *needle, int before)
-{
-    int64_t until = now_ms() + WAIT_MS;
-
-    while (now_ms() < until) {
-        if (log_count(s, needle) > before)
-            return 0;
-        usleep(50 * 1000);
-    }
-    fprintf(stderr, "\nthe sidecar never logged \"%s\"\n", needle);
-    sidecarenv_dump_log(s, 3000);
-    return -1;
-}
-
 /* No secret in the sidecar's log nor in its /metrics page. */
 static void assert_no_secrets(const sidecarenv *s)
 {
@@ -340,7 +309,7 @@ static void assert_no_secrets(const sidecarenv *s)
     gc_http(NULL, url, NULL, NULL, NULL, 5000, &r);
     CU_ASSERT_EQUAL(r.status, 200);
     for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
-        CU_ASSERT_EQUAL(log_count(s, secrets[i]), 0);
+        CU_ASSERT_EQUAL(sidecarenv_log_count(s, secrets[i]), 0);
         CU_ASSERT_PTR_NULL(r.body ? strstr(r.body, secrets[i]) : NULL);
     }
     gc_response_free(&r);
@@ -491,16 +460,16 @@ static void test_tls_login_governed_view(void)
 {
     CU_ASSERT_FATAL(publish(sc, "orders", 1) == 0);
     CU_ASSERT_FATAL(arrives_governed(sc, 1));
-    CU_ASSERT(log_count(sc, "mqtt bridge connected") >= 1);
+    CU_ASSERT(sidecarenv_log_count(sc, "mqtt bridge connected") >= 1);
     assert_no_secrets(sc);
 }
 
 static void test_bad_credentials_then_rotated(void)
 {
     pid_t pid = testenv_proc_pid(sc->proc);
-    int refused = log_count(sc, "broker refused");
-    int malformed = log_count(sc, "is badly formed");
-    int connected = log_count(sc, "mqtt bridge connected");
+    int refused = sidecarenv_log_count(sc, "broker refused");
+    int malformed = sidecarenv_log_count(sc, "is badly formed");
+    int connected = sidecarenv_log_count(sc, "mqtt bridge connected");
 
     /* A file that is not username:password: named, never shown. */
     CU_ASSERT_FATAL(write_file(path_creds, MALFORMED "\n") == 0);
@@ -508,23 +477,27 @@ static void test_bad_credentials_then_rotated(void)
     CU_ASSERT_FATAL(testenv_proc_stop(broker, 5000) == 0);
     broker = NULL;
     CU_ASSERT_FATAL(broker_start() == 0);
-    CU_ASSERT_FATAL(wait_logged(sc, "is badly formed", malformed) == 0);
-    CU_ASSERT(log_count(sc, path_creds) >= 1);
+    CU_ASSERT_FATAL(
+        sidecarenv_wait_logged(sc, "is badly formed", malformed, WAIT_MS) == 0);
+    CU_ASSERT(sidecarenv_log_count(sc, path_creds) >= 1);
     /* A wrong password: the broker says no. */
     CU_ASSERT_FATAL(write_file(path_creds, BRIDGE_USER ":" WRONG_PW "\n") == 0);
-    CU_ASSERT_FATAL(wait_logged(sc, "broker refused", refused) == 0);
-    CU_ASSERT(log_count(sc, "not authorized (the login of credentials "
-                            "partner-broker)") >= 1);
+    CU_ASSERT_FATAL(
+        sidecarenv_wait_logged(sc, "broker refused", refused, WAIT_MS) == 0);
+    CU_ASSERT(sidecarenv_log_count(sc,
+                                   "not authorized (the login of credentials "
+                                   "partner-broker)") >= 1);
     CU_ASSERT_FATAL(wait_subscribed() == 0);
     CU_ASSERT_FATAL(publish(sc, "orders", 2) == 0);
     CU_ASSERT_FALSE(arrives(2, 1500));
-    CU_ASSERT_EQUAL(log_count(sc, "mqtt bridge connected"), connected);
+    CU_ASSERT_EQUAL(sidecarenv_log_count(sc, "mqtt bridge connected"),
+                    connected);
     assert_no_secrets(sc);
     /* The rotated secret applies at the next retry, same process. */
     CU_ASSERT_FATAL(write_file(path_creds, BRIDGE_USER ":" RIGHT_PW) == 0);
     CU_ASSERT_FATAL(arrives_governed(sc, 2));
     CU_ASSERT_EQUAL(testenv_proc_pid(sc->proc), pid);
-    CU_ASSERT(log_count(sc, "mqtt bridge connected") > connected);
+    CU_ASSERT(sidecarenv_log_count(sc, "mqtt bridge connected") > connected);
     assert_no_secrets(sc);
 }
 
@@ -534,10 +507,11 @@ static void test_untrusted_ca_refused(void)
     sidecarenv *other = start_sidecar("sales-secure-2", path_rogue_ca, false);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(other);
-    CU_ASSERT(wait_logged(other, "certificate verify failed", 0) == 0);
+    CU_ASSERT(sidecarenv_wait_logged(other, "certificate verify failed", 0,
+                                     WAIT_MS) == 0);
     CU_ASSERT(publish(other, "orders", 3) == 0);
     CU_ASSERT_FALSE(arrives(3, 1500));
-    CU_ASSERT_EQUAL(log_count(other, "mqtt bridge connected"), 0);
+    CU_ASSERT_EQUAL(sidecarenv_log_count(other, "mqtt bridge connected"), 0);
     assert_no_secrets(other);
     sidecarenv_free(other);
 }
@@ -547,7 +521,7 @@ static void test_untrusted_ca_refused(void)
 static void test_mutual_tls(void)
 {
     sidecarenv *with_cert;
-    int failed = log_count(sc, REFUSED_REFUNDS);
+    int failed = sidecarenv_log_count(sc, REFUSED_REFUNDS);
 
     /* sales/refunds goes to the listener that demands a client
      * certificate: a sidecar with one delivers, one without is refused. */
@@ -557,7 +531,8 @@ static void test_mutual_tls(void)
     CU_ASSERT(publish(with_cert, "refunds", 4) == 0);
     CU_ASSERT(arrives_governed(with_cert, 4));
     CU_ASSERT(publish(sc, "refunds", 5) == 0);
-    CU_ASSERT(wait_logged(sc, REFUSED_REFUNDS, failed) == 0);
+    CU_ASSERT(sidecarenv_wait_logged(sc, REFUSED_REFUNDS, failed, WAIT_MS) ==
+              0);
     CU_ASSERT_FALSE(arrives(5, 1500));
     assert_no_secrets(with_cert);
     sidecarenv_free(with_cert);

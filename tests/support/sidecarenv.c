@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +53,36 @@ void sidecarenv_dump_log(const sidecarenv *s, size_t max_bytes)
     fprintf(stderr, "---- %s (tail) ----\n%s---- end ----\n", s->log_path,
             tail ? tail : "");
     free(tail);
+}
+
+int sidecarenv_log_count(const sidecarenv *s, const char *needle)
+{
+    char *log = testenv_file_tail(s->log_path, 4 << 20);
+    int n = 0;
+
+    for (const char *p = log; p && (p = strcasestr(p, needle)); p++)
+        n++;
+    free(log);
+    return n;
+}
+
+int sidecarenv_wait_logged(const sidecarenv *s, const char *needle, int before,
+                           int timeout_ms)
+{
+    struct timespec t0, t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        if (sidecarenv_log_count(s, needle) > before)
+            return 0;
+        usleep(20 * 1000);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 +
+                 (t.tv_nsec - t0.tv_nsec) / 1000000 <
+             timeout_ms);
+    fprintf(stderr, "\nthe sidecar never logged \"%s\"\n", needle);
+    sidecarenv_dump_log(s, 3000);
+    return -1;
 }
 
 /* ---- HTTP ---- */

@@ -101,4 +101,13 @@ int sidecarenv_metric(const sidecarenv *s, const char *series, double *value);
 /* Print the last max_bytes of the sidecar's log to stderr under a header. */
 void sidecarenv_dump_log(const sidecarenv *s, size_t max_bytes);
 
+/* How often `needle` occurs in the sidecar's log (its last 4 MiB),
+ * ignoring case. */
+int sidecarenv_log_count(const sidecarenv *s, const char *needle);
+
+/* Wait up to timeout_ms until the log holds `needle` more than `before`
+ * times: 0, or -1 with the log's tail on stderr. */
+int sidecarenv_wait_logged(const sidecarenv *s, const char *needle, int before,
+                           int timeout_ms);
+
 #endif

@@ -298,6 +298,26 @@ testenv_proc *testenv_spawn(const char *const argv[],
     return p;
 }
 
+testenv_proc *testenv_spawn_listening(const char *what,
+                                      const char *const argv[],
+                                      const char *const env_add[],
+                                      const char *log_path, int port,
+                                      int timeout_ms)
+{
+    testenv_proc *p = testenv_spawn(argv, env_add, log_path);
+
+    if (p && testenv_wait_port("127.0.0.1", port, timeout_ms) == 0)
+        return p;
+    {
+        char *tail = log_path ? testenv_file_tail(log_path, 2000) : NULL;
+        fprintf(stderr, "\n%s did not listen on port %d:\n%s\n", what, port,
+                tail ? tail : "");
+        free(tail);
+    }
+    testenv_proc_stop(p, 1000);
+    return NULL;
+}
+
 pid_t testenv_proc_pid(const testenv_proc *p)
 {
     return p ? p->pid : -1;

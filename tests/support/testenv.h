@@ -47,6 +47,17 @@ typedef struct testenv_proc testenv_proc;
 testenv_proc *testenv_spawn(const char *const argv[],
                             const char *const env_add[], const char *log_path);
 
+/*
+ * testenv_spawn, then wait up to timeout_ms until 127.0.0.1:port accepts.
+ * NULL when it did not start or listen in time: `what` and the tail of its
+ * log are printed to stderr and the process is stopped.
+ */
+testenv_proc *testenv_spawn_listening(const char *what,
+                                      const char *const argv[],
+                                      const char *const env_add[],
+                                      const char *log_path, int port,
+                                      int timeout_ms);
+
 pid_t testenv_proc_pid(const testenv_proc *p);
 /* Borrowed; NULL when the output goes to /dev/null. */
 const char *testenv_proc_log(const testenv_proc *p);
