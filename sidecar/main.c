@@ -125,8 +125,8 @@ static const config_option sc_options[] = {
         "event ports' MQTT bridges: the longest wait between reconnects "
         "(the backoff doubles from 250 ms up to this)"),
     OPT("mqtt-ca-file", CONFIG_STRING, mqtt_ca_file, "", 0, 0,
-        "CA bundle (PEM) that verifies mqtts:// brokers; "
-        "empty: " SC_BRIDGES_DEFAULT_CA),
+        "CA bundle (PEM) that verifies mqtts:// brokers; empty: OpenSSL's "
+        "default ($SSL_CERT_FILE, else the system bundle)"),
     OPT("mqtt-cert-file", CONFIG_STRING, mqtt_cert_file, "", 0, 0,
         "client certificate (PEM) for mqtts:// brokers that require one "
         "(mutual TLS; with --mqtt-key-file)"),

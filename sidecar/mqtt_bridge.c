@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <mosquitto.h>
+#include <openssl/x509.h>
 #include <mqtt_protocol.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -492,10 +493,21 @@ static int no_key_passphrase(char *buf, int size, int rwflag, void *ctx)
 /* Set up TLS on the new client: verify the broker's certificate against
  * the CA bundle and its name against the host, TLS 1.2 or later.  0, or
  * -1 with `reason` set. */
+/* The CA bundle OpenSSL trusts by default: $SSL_CERT_FILE, else the file
+ * it was built with (Debian: /usr/lib/ssl/cert.pem, the system bundle;
+ * other distributions have their own), so no path is hard-wired here.
+ * libmosquitto 2.0 wants a file even with MOSQ_OPT_TLS_USE_OS_CERTS. */
+static const char *default_ca(void)
+{
+    const char *env = getenv(X509_get_default_cert_file_env());
+
+    return env && *env ? env : X509_get_default_cert_file();
+}
+
 static int tls_setup(bridge *b, char *reason, size_t len)
 {
     sc_bridges *s = b->set;
-    const char *ca = s->ca_file ? s->ca_file : SC_BRIDGES_DEFAULT_CA;
+    const char *ca = s->ca_file ? s->ca_file : default_ca();
     int rc;
 
     if (access(ca, R_OK) != 0) {

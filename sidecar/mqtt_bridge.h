@@ -30,7 +30,8 @@ typedef struct sc_bridges_options {
     sc_events *events;      /* the event ports' logs */
     int reconnect_max_ms;   /* backoff cap; 0: 10000 */
     /* mqtts:// brokers: the CA bundle that verifies them (NULL or "":
-     * SC_BRIDGES_DEFAULT_CA), and an optional client certificate and key
+     * OpenSSL's default, $SSL_CERT_FILE or the bundle it was built with),
+     * and an optional client certificate and key
      * for mutual TLS (both or neither; NULL or "": none). */
     const char *ca_file;
     const char *cert_file;
@@ -40,8 +41,6 @@ typedef struct sc_bridges_options {
      * bridge with credentials can connect). */
     const char *credentials_dir;
 } sc_bridges_options;
-
-#define SC_BRIDGES_DEFAULT_CA "/etc/ssl/certs/ca-certificates.crt"
 
 /*
  * Start the bridge set: it follows the snapshot in force, starting,

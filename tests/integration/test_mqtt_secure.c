@@ -538,11 +538,29 @@ static void test_mutual_tls(void)
     sidecarenv_free(with_cert);
 }
 
+/* Without --mqtt-ca-file the bridge trusts what OpenSSL trusts by
+ * default: here $SSL_CERT_FILE, as an operator of a private CA may set. */
+static void test_default_ca_is_openssls(void)
+{
+    sidecarenv *s;
+
+    setenv("SSL_CERT_FILE", path_ca, 1);
+    s = start_sidecar("sales-secure-4", "", false);
+    unsetenv("SSL_CERT_FILE");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT(sidecarenv_wait_logged(s, "mqtt bridge connected", 0, WAIT_MS) ==
+              0);
+    CU_ASSERT(publish(s, "orders", 6) == 0);
+    CU_ASSERT(arrives(6, WAIT_MS));
+    sidecarenv_free(s);
+}
+
 static const test_case cases[] = {
     {"tls_login_governed_view", test_tls_login_governed_view},
     {"bad_credentials_then_rotated", test_bad_credentials_then_rotated},
     {"untrusted_ca_refused", test_untrusted_ca_refused},
     {"mutual_tls", test_mutual_tls},
+    {"the default CA is OpenSSL's", test_default_ca_is_openssls},
     {NULL, NULL},
 };
 
