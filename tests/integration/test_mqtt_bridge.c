@@ -9,6 +9,7 @@
 #include "common/rpc.h"
 #include "tests/support/cpenv.h"
 #include "tests/support/govclient.h"
+#include "tests/support/mqttsub.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 
@@ -29,7 +30,6 @@
 #define PUBLISHER "orders-service-token-0123456789"
 #define PARTNER   "partner-token-0123456789"
 #define TOPIC     "polis/sales/orders"
-#define MAX_MSGS  4000
 
 static cpenv *cp;
 static rpc_channel *gov;
@@ -39,20 +39,7 @@ static const char *broker_dir;
 static char broker_conf[600], broker_log[600];
 static int broker_port;
 
-/* What the test's subscriber received, duplicates included. */
-typedef struct received {
-    int64_t offset;
-    json_t *msg; /* the whole envelope */
-} received;
-
-static struct {
-    pthread_mutex_t mu;
-    struct mosquitto *mosq;
-    received msgs[MAX_MSGS];
-    size_t n;
-    size_t bad; /* messages that were not an envelope */
-    bool subscribed;
-} sub = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static mqttsub *sub; /* what the topic carries, duplicates included */
 
 static int64_t now_ms(void)
 {
@@ -105,104 +92,49 @@ static int broker_setup(void)
 
 /* ---- the subscriber ------------------------------------------------------ */
 
-static void on_sub_connect(struct mosquitto *m, void *ctx, int rc)
-{
-    (void)ctx;
-    if (rc == 0)
-        mosquitto_subscribe(m, NULL, TOPIC, 1);
-}
-
-static void on_sub_subscribe(struct mosquitto *m, void *ctx, int mid, int n,
-                             const int *granted)
-{
-    (void)m;
-    (void)ctx;
-    (void)mid;
-    pthread_mutex_lock(&sub.mu);
-    sub.subscribed = n == 1 && granted[0] == 1;
-    pthread_mutex_unlock(&sub.mu);
-}
-
-static void on_sub_message(struct mosquitto *m, void *ctx,
-                           const struct mosquitto_message *msg)
-{
-    json_t *j = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
-    json_t *off = json_object_get(j, "offset");
-
-    (void)m;
-    (void)ctx;
-    pthread_mutex_lock(&sub.mu);
-    if (!json_is_integer(off) || strcmp(msg->topic, TOPIC) != 0 ||
-        sub.n == MAX_MSGS) {
-        sub.bad++;
-        json_decref(j);
-    } else {
-        sub.msgs[sub.n].offset = json_integer_value(off);
-        sub.msgs[sub.n].msg = j;
-        sub.n++;
-    }
-    pthread_mutex_unlock(&sub.mu);
-}
-
+/* A persistent session (clean_session false) with QoS 1: what the broker
+ * takes while the subscriber is away is kept for it. */
 static int subscriber_start(void)
 {
-    int64_t until = now_ms() + 10000;
+    mqttsub_options o = {.client_id = "polis-test-subscriber",
+                         .port = broker_port,
+                         .topic = TOPIC};
 
-    /* A persistent session (clean_session false) with QoS 1: what the
-     * broker takes while the subscriber is away is kept for it. */
-    sub.mosq = mosquitto_new("polis-test-subscriber", false, NULL);
-    if (sub.mosq == NULL)
-        return -1;
-    mosquitto_connect_callback_set(sub.mosq, on_sub_connect);
-    mosquitto_subscribe_callback_set(sub.mosq, on_sub_subscribe);
-    mosquitto_message_callback_set(sub.mosq, on_sub_message);
-    mosquitto_reconnect_delay_set(sub.mosq, 1, 1, false);
-    if (mosquitto_connect_async(sub.mosq, "127.0.0.1", broker_port, 30) !=
-            MOSQ_ERR_SUCCESS ||
-        mosquitto_loop_start(sub.mosq) != MOSQ_ERR_SUCCESS)
-        return -1;
-    while (now_ms() < until) {
-        bool ok;
-        pthread_mutex_lock(&sub.mu);
-        ok = sub.subscribed;
-        pthread_mutex_unlock(&sub.mu);
-        if (ok)
-            return 0;
-        usleep(20 * 1000);
-    }
-    fprintf(stderr, "\nthe test subscriber never got its SUBACK\n");
-    return -1;
+    sub = mqttsub_start(&o, 10000);
+    return sub ? 0 : -1;
 }
 
 static void subscriber_stop(void)
 {
-    if (sub.mosq == NULL)
-        return;
-    mosquitto_disconnect(sub.mosq);
-    mosquitto_loop_stop(sub.mosq, false);
-    mosquitto_destroy(sub.mosq);
-    sub.mosq = NULL;
-    for (size_t i = 0; i < sub.n; i++)
-        json_decref(sub.msgs[i].msg);
-    sub.n = 0;
+    mqttsub_stop(sub);
+    sub = NULL;
+}
+
+/* The offset of the i-th message (an envelope), -1 if it has none. */
+static int64_t offset_at(const json_t *msgs, size_t i)
+{
+    const json_t *off = json_object_get(json_array_get(msgs, i), "offset");
+
+    return json_is_integer(off) ? json_integer_value(off) : -1;
 }
 
 /* How many messages have arrived, and whether each of `want` (n offsets)
  * is among them. */
 static bool have_all(const int64_t *want, size_t n, size_t *count)
 {
+    json_t *msgs = mqttsub_messages(sub, NULL);
+    size_t got = json_array_size(msgs);
     bool all = true;
 
-    pthread_mutex_lock(&sub.mu);
     for (size_t i = 0; i < n && all; i++) {
         bool found = false;
-        for (size_t j = 0; j < sub.n && !found; j++)
-            found = sub.msgs[j].offset == want[i];
+        for (size_t j = 0; j < got && !found; j++)
+            found = offset_at(msgs, j) == want[i];
         all = found;
     }
     if (count)
-        *count = sub.n;
-    pthread_mutex_unlock(&sub.mu);
+        *count = got;
+    json_decref(msgs);
     return all;
 }
 
@@ -210,6 +142,7 @@ static bool have_all(const int64_t *want, size_t n, size_t *count)
 static bool wait_for(const int64_t *want, size_t n, int timeout_ms)
 {
     int64_t until = now_ms() + timeout_ms;
+    json_t *msgs;
 
     while (now_ms() < until) {
         if (have_all(want, n, NULL))
@@ -217,58 +150,57 @@ static bool wait_for(const int64_t *want, size_t n, int timeout_ms)
         usleep(20 * 1000);
     }
     fprintf(stderr, "\nmissing offsets after %d ms; received:", timeout_ms);
-    pthread_mutex_lock(&sub.mu);
-    for (size_t j = 0; j < sub.n; j++)
-        fprintf(stderr, " %lld", (long long)sub.msgs[j].offset);
-    pthread_mutex_unlock(&sub.mu);
+    msgs = mqttsub_messages(sub, NULL);
+    for (size_t j = 0; j < json_array_size(msgs); j++)
+        fprintf(stderr, " %lld", (long long)offset_at(msgs, j));
+    json_decref(msgs);
     fprintf(stderr, "\n");
     sidecarenv_dump_log(sc, 3000);
     return false;
 }
 
-/* The first message with this offset (borrowed), or NULL. */
-static const json_t *message_at(int64_t offset)
+/* The first message with this offset (a new reference), or NULL. */
+static json_t *message_at(int64_t offset)
 {
-    const json_t *m = NULL;
+    json_t *msgs = mqttsub_messages(sub, NULL), *m = NULL;
 
-    pthread_mutex_lock(&sub.mu);
-    for (size_t j = 0; j < sub.n && m == NULL; j++)
-        if (sub.msgs[j].offset == offset)
-            m = sub.msgs[j].msg;
-    pthread_mutex_unlock(&sub.mu);
+    for (size_t j = 0; j < json_array_size(msgs) && m == NULL; j++)
+        if (offset_at(msgs, j) == offset)
+            m = json_incref(json_array_get(msgs, j));
+    json_decref(msgs);
     return m;
 }
 
 /* How many messages (duplicates included) carry this offset. */
 static size_t copies_of(int64_t offset)
 {
+    json_t *msgs = mqttsub_messages(sub, NULL);
     size_t c = 0;
 
-    pthread_mutex_lock(&sub.mu);
-    for (size_t j = 0; j < sub.n; j++)
-        c += sub.msgs[j].offset == offset;
-    pthread_mutex_unlock(&sub.mu);
+    for (size_t j = 0; j < json_array_size(msgs); j++)
+        c += offset_at(msgs, j) == offset;
+    json_decref(msgs);
     return c;
 }
 
 /* Offsets, first arrivals only, must come in increasing order. */
 static bool first_arrivals_in_order(void)
 {
+    json_t *msgs = mqttsub_messages(sub, NULL);
     int64_t last = -1;
     bool ok = true;
 
-    pthread_mutex_lock(&sub.mu);
-    for (size_t j = 0; j < sub.n; j++) {
+    for (size_t j = 0; j < json_array_size(msgs); j++) {
         bool seen = false;
         for (size_t k = 0; k < j && !seen; k++)
-            seen = sub.msgs[k].offset == sub.msgs[j].offset;
+            seen = offset_at(msgs, k) == offset_at(msgs, j);
         if (seen)
             continue;
-        if (sub.msgs[j].offset <= last)
+        if (offset_at(msgs, j) <= last)
             ok = false;
-        last = sub.msgs[j].offset;
+        last = offset_at(msgs, j);
     }
-    pthread_mutex_unlock(&sub.mu);
+    json_decref(msgs);
     return ok;
 }
 
@@ -492,10 +424,12 @@ static int64_t first_batch = -1;
 static void check_event(int64_t offset, int order_id, const char *email,
                         double amount)
 {
-    const json_t *m = message_at(offset);
+    json_t *m = message_at(offset);
     const json_t *ev = json_object_get(m, "event");
 
-    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_PTR_NOT_NULL(m);
+    if (m == NULL)
+        return;
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(m, "product")),
                            "sales/orders");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(ev, "order_id")),
@@ -504,6 +438,19 @@ static void check_event(int64_t offset, int order_id, const char *email,
                            email);
     CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(ev, "amount")),
                            amount, 1e-9);
+    json_decref(m);
+}
+
+/* Messages that are not an envelope with an offset (or not JSON). */
+static size_t bad_messages(void)
+{
+    size_t bad = 0;
+    json_t *msgs = mqttsub_messages(sub, &bad);
+
+    for (size_t j = 0; j < json_array_size(msgs); j++)
+        bad += offset_at(msgs, j) < 0;
+    json_decref(msgs);
+    return bad;
 }
 
 static void test_governed_view(void)
@@ -531,7 +478,7 @@ static void test_governed_view(void)
     CU_ASSERT_EQUAL(copies_of(first_batch + 2), 0);
     CU_ASSERT_EQUAL(copies_of(first_batch + 5), 0);
     CU_ASSERT(first_arrivals_in_order());
-    CU_ASSERT_EQUAL(sub.bad, 0);
+    CU_ASSERT_EQUAL(bad_messages(), 0);
 }
 
 static void test_broker_restart(void)
@@ -592,14 +539,17 @@ static void test_sidecar_restart_no_replay(void)
     CU_ASSERT_FATAL(first >= 0);
     CU_ASSERT_FATAL(wait_for(&first, 1, 15000));
     usleep(300 * 1000);
-    pthread_mutex_lock(&sub.mu);
-    for (size_t j = before; j < sub.n; j++)
-        if (sub.msgs[j].offset != first) {
-            fprintf(stderr, "\noffset %lld sent again after the restart\n",
-                    (long long)sub.msgs[j].offset);
-            CU_FAIL("replayed after restart");
-        }
-    pthread_mutex_unlock(&sub.mu);
+    {
+        json_t *msgs = mqttsub_messages(sub, NULL);
+
+        for (size_t j = before; j < json_array_size(msgs); j++)
+            if (offset_at(msgs, j) != first) {
+                fprintf(stderr, "\noffset %lld sent again after the restart\n",
+                        (long long)offset_at(msgs, j));
+                CU_FAIL("replayed after restart");
+            }
+        json_decref(msgs);
+    }
     check_event(first, 17, "****@example.com", 17);
 }
 

@@ -12,6 +12,7 @@
 #include "common/rpc.h"
 #include "tests/support/cpenv.h"
 #include "tests/support/govclient.h"
+#include "tests/support/mqttsub.h"
 #include "tests/support/sidecarenv.h"
 #include "tests/support/testutil.h"
 #include "tests/support/tlscert.h"
@@ -38,7 +39,6 @@
 #define MALFORMED   "no-colon-Malformed-5e6f"
 #define READER_USER "reader"
 #define READER_PW   "Reader-pw-0a9b8c"
-#define MAX_MSGS    64
 #define WAIT_MS     15000
 
 static cpenv *cp;
@@ -51,13 +51,7 @@ static char path_ca[600], path_rogue_ca[600], path_creds_dir[600],
     path_client_key[600];
 static int broker_port, mtls_port; /* TLS; TLS with client certificates */
 
-static struct {
-    pthread_mutex_t mu;
-    struct mosquitto *mosq;
-    json_t *msgs[MAX_MSGS]; /* envelopes, in order of arrival */
-    size_t n;
-    bool subscribed;
-} sub = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static mqttsub *sub; /* the reader: TLS, logged in */
 
 static int64_t now_ms(void)
 {
@@ -152,111 +146,37 @@ static int broker_setup(void)
 
 /* ---- the reader: a TLS, logged-in subscriber ----------------------------- */
 
-static void on_sub_connect(struct mosquitto *m, void *ctx, int rc)
-{
-    (void)ctx;
-    if (rc == 0)
-        mosquitto_subscribe(m, NULL, TOPIC, 1);
-}
-
-static void on_sub_disconnect(struct mosquitto *m, void *ctx, int rc)
-{
-    (void)m;
-    (void)ctx;
-    (void)rc;
-    pthread_mutex_lock(&sub.mu);
-    sub.subscribed = false;
-    pthread_mutex_unlock(&sub.mu);
-}
-
-static void on_sub_subscribe(struct mosquitto *m, void *ctx, int mid, int n,
-                             const int *granted)
-{
-    (void)m;
-    (void)ctx;
-    (void)mid;
-    pthread_mutex_lock(&sub.mu);
-    sub.subscribed = n == 1 && granted[0] == 1;
-    pthread_mutex_unlock(&sub.mu);
-}
-
-static void on_sub_message(struct mosquitto *m, void *ctx,
-                           const struct mosquitto_message *msg)
-{
-    json_t *j = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, NULL);
-
-    (void)m;
-    (void)ctx;
-    pthread_mutex_lock(&sub.mu);
-    if (j != NULL && sub.n < MAX_MSGS)
-        sub.msgs[sub.n++] = j;
-    else
-        json_decref(j);
-    pthread_mutex_unlock(&sub.mu);
-}
-
-/* Wait (bounded) until the reader holds its subscription. */
-static int wait_subscribed(void)
-{
-    int64_t until = now_ms() + WAIT_MS;
-
-    while (now_ms() < until) {
-        bool ok;
-        pthread_mutex_lock(&sub.mu);
-        ok = sub.subscribed;
-        pthread_mutex_unlock(&sub.mu);
-        if (ok)
-            return 0;
-        usleep(20 * 1000);
-    }
-    fprintf(stderr, "\nthe reader never got its SUBACK\n");
-    return -1;
-}
-
 static int subscriber_start(void)
 {
-    sub.mosq = mosquitto_new("polis-secure-reader", false, NULL);
-    if (sub.mosq == NULL)
-        return -1;
-    mosquitto_connect_callback_set(sub.mosq, on_sub_connect);
-    mosquitto_disconnect_callback_set(sub.mosq, on_sub_disconnect);
-    mosquitto_subscribe_callback_set(sub.mosq, on_sub_subscribe);
-    mosquitto_message_callback_set(sub.mosq, on_sub_message);
-    mosquitto_reconnect_delay_set(sub.mosq, 1, 1, false);
-    if (mosquitto_username_pw_set(sub.mosq, READER_USER, READER_PW) ||
-        mosquitto_tls_set(sub.mosq, path_ca, NULL, NULL, NULL, NULL) ||
-        mosquitto_connect_async(sub.mosq, "127.0.0.1", broker_port, 30) ||
-        mosquitto_loop_start(sub.mosq))
-        return -1;
-    return wait_subscribed();
+    mqttsub_options o = {.client_id = "polis-secure-reader",
+                         .port = broker_port,
+                         .topic = TOPIC,
+                         .ca_file = path_ca,
+                         .user = READER_USER,
+                         .password = READER_PW};
+
+    sub = mqttsub_start(&o, WAIT_MS);
+    return sub ? 0 : -1;
 }
 
 static void subscriber_stop(void)
 {
-    if (sub.mosq == NULL)
-        return;
-    mosquitto_disconnect(sub.mosq);
-    mosquitto_loop_stop(sub.mosq, false);
-    mosquitto_destroy(sub.mosq);
-    sub.mosq = NULL;
-    for (size_t i = 0; i < sub.n; i++)
-        json_decref(sub.msgs[i]);
-    sub.n = 0;
+    mqttsub_stop(sub);
+    sub = NULL;
 }
 
 /* The event of the first message whose event has this order_id (a new
  * reference), or NULL. */
 static json_t *event_of(int order_id)
 {
-    json_t *ev = NULL;
+    json_t *msgs = mqttsub_messages(sub, NULL), *ev = NULL;
 
-    pthread_mutex_lock(&sub.mu);
-    for (size_t i = 0; i < sub.n && ev == NULL; i++) {
-        json_t *e = json_object_get(sub.msgs[i], "event");
+    for (size_t i = 0; i < json_array_size(msgs) && ev == NULL; i++) {
+        json_t *e = json_object_get(json_array_get(msgs, i), "event");
         if (json_integer_value(json_object_get(e, "order_id")) == order_id)
             ev = json_incref(e);
     }
-    pthread_mutex_unlock(&sub.mu);
+    json_decref(msgs);
     return ev;
 }
 
@@ -487,7 +407,7 @@ static void test_bad_credentials_then_rotated(void)
     CU_ASSERT(sidecarenv_log_count(sc,
                                    "not authorized (the login of credentials "
                                    "partner-broker)") >= 1);
-    CU_ASSERT_FATAL(wait_subscribed() == 0);
+    CU_ASSERT_FATAL(mqttsub_wait_subscribed(sub, WAIT_MS) == 0);
     CU_ASSERT_FATAL(publish(sc, "orders", 2) == 0);
     CU_ASSERT_FALSE(arrives(2, 1500));
     CU_ASSERT_EQUAL(sidecarenv_log_count(sc, "mqtt bridge connected"),
